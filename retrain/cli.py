@@ -1,0 +1,103 @@
+"""The ``retrain`` command line.
+
+``retrain [CONFIG] [--flag value ...]`` trains; other subcommands inspect and rewrite
+configs. Each subcommand lives in ``retrain.commands.<name>`` with ``DESCRIPTION`` and
+``main(argv) -> int``, and is imported only when it runs, so ``retrain --help`` and the
+config commands never import torch, transformers or peft.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from retrain import __version__
+from retrain.errors import RetrainError
+
+# Subcommand -> (module, one-line description). "train" is the default command.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("retrain.commands.train", "train with a config (the default: `retrain config.toml`)"),
+    "explain": ("retrain.commands.explain", "validate a config and show what it resolves to, loading no model"),
+    "init": ("retrain.commands.init", "write a commented starter config"),
+    "migrate-config": ("retrain.commands.migrate_config", "rewrite legacy config keys (preview, --check, --write)"),
+    "plugins": ("retrain.commands.plugins", "list built-in and discovered plugins"),
+    "init-plugin": ("retrain.commands.init_plugin", "write a plugin scaffold (and its test)"),
+}
+
+USAGE = """usage: retrain [CONFIG] [--setting value ...]
+       retrain <command> [args]
+
+TOML-driven RL post-training for LLMs. With no command, trains with CONFIG
+(default ./retrain.toml); every setting can be overridden as --flag value,
+e.g. retrain config.toml --lr 1e-4 --batch-size 4 --advantage-mode grpo.
+
+commands:
+{commands}
+
+options:
+  -h, --help     show this help (`retrain train --help` lists every setting flag)
+  --version      print the version
+
+Environment: a .env file in the working directory is loaded first (it never
+replaces variables already set); RETRAIN_<SECTION>__<KEY> sets any setting;
+RETRAIN_DEBUG=1 shows tracebacks for errors.
+"""
+
+
+def usage() -> str:
+    width = max(len(name) for name in SUBCOMMANDS)
+    commands = "\n".join(f"  {name.ljust(width)}  {description}" for name, (_, description) in SUBCOMMANDS.items())
+    return USAGE.format(commands=commands)
+
+
+def load_dotenv_file(directory: Path | None = None) -> None:
+    """Load ``.env`` from the working directory without replacing variables already set."""
+    path = (directory or Path.cwd()) / ".env"
+    if not path.is_file():
+        return
+    from dotenv import dotenv_values
+
+    for name, value in dotenv_values(path).items():
+        if value is not None and name not in os.environ:
+            os.environ[name] = value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=os.environ.get("RETRAIN_LOG_LEVEL", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args[:1] in (["-h"], ["--help"]):
+        print(usage())
+        return 0
+    if args[:1] == ["--version"]:
+        print(f"retrain {__version__}")
+        return 0
+    command = "train"
+    if args and args[0] in SUBCOMMANDS:
+        command = args.pop(0)
+    elif args and not args[0].startswith("-") and not args[0].endswith(".toml") and not Path(args[0]).exists():
+        from retrain.config.loader import did_you_mean
+
+        hint = did_you_mean(args[0], SUBCOMMANDS, "")
+        if hint:
+            print(f"retrain: unknown command '{args[0]}' — {hint}", file=sys.stderr)
+            return 2
+    module_name, _ = SUBCOMMANDS[command]
+    try:
+        load_dotenv_file()
+        module = importlib.import_module(module_name)
+        return int(module.main(args))
+    except RetrainError as exc:
+        if os.environ.get("RETRAIN_DEBUG"):
+            raise
+        print(f"retrain: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("retrain: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per CLI subcommand, each with DESCRIPTION and main(argv) -> int."""

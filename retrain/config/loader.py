@@ -1,0 +1,643 @@
+"""The strict config loader: TOML file < environment < CLI flags, checked against the schema.
+
+Layers, lowest to highest: the schema defaults, the TOML file, ``RETRAIN_<SECTION>__<KEY>``
+environment variables (``.env`` is loaded into the environment by the CLI first), and
+CLI overrides. Every problem in every layer is collected and raised together as one
+``ConfigError``; each problem names where it came from (``file:line``, ``env VAR`` or
+``CLI --flag``), the setting, what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retrain.config import rules
+from retrain.config.locate import key_lines, line_of
+from retrain.config.schema import (
+    ALL_FIELDS,
+    BACKEND_OPTIONS,
+    LEGACY_BACKEND_KEYS,
+    SECTION_FIELDS,
+    SECTIONS,
+    CampaignCondition,
+    Config,
+    FieldSpec,
+    fields_of,
+)
+from retrain.errors import ConfigError, ConfigIssue
+from retrain.registry_names import is_dotted_path
+
+ENV_PREFIX = "RETRAIN_"
+DEFAULT_CONFIG = "retrain.toml"
+
+
+@dataclass(frozen=True)
+class Override:
+    """One setting given outside the TOML file: ``path`` is (section, key[, subkey])."""
+
+    path: tuple[str, ...]
+    raw: str
+    where: str
+
+
+@dataclass
+class ResolvedConfig:
+    """A loaded config plus where each explicitly set value came from."""
+
+    config: Config
+    path: Path | None
+    # (section, key) -> "retrain.toml:12" / "env RETRAIN_TRAINING__LR" / "CLI --lr"
+    sources: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[Override] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Load, overlay and validate a config; raise ``ConfigError`` listing every problem."""
+    return resolve_config(path, overrides, environ).config
+
+
+def resolve_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[Override] = (),
+    environ: Mapping[str, str] | None = None,
+) -> ResolvedConfig:
+    """Like ``load_config`` but also report where each explicitly set value came from."""
+    file_path = Path(path) if path is not None else None
+    data: dict[str, object] = {}
+    lines: dict[tuple[object, ...], int] = {}
+    label = ""
+    if file_path is not None:
+        label = str(file_path)
+        data, lines = read_toml(file_path)
+    builder = _Builder(label, lines)
+    builder.take_file(data)
+    builder.take_environment(os.environ if environ is None else environ)
+    builder.take_overrides(overrides)
+    config = builder.build()
+    return ResolvedConfig(config=config, path=file_path, sources=builder.sources)
+
+
+def parse_toml_text(text: str, label: str) -> dict[str, object]:
+    """Parse TOML, turning a syntax error into a one-line ``ConfigError`` with line and column."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        line = getattr(exc, "lineno", None)
+        column = getattr(exc, "colno", None)
+        problem = getattr(exc, "msg", message)
+        where = f"{label}:{line}:{column}" if line is not None else label
+        raise ConfigError(
+            ConfigIssue(where, "", "", f"invalid TOML: {problem}", "fix the syntax at that position")
+        ) from exc
+
+
+def read_toml(path: Path) -> tuple[dict[str, object], dict[tuple[object, ...], int]]:
+    """Read a config file: its data and the line of every key."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        fix = "run `retrain init` to write a starter config" if path.name == DEFAULT_CONFIG else "check the path"
+        raise ConfigError(ConfigIssue(str(path), "", "", "config file not found", fix)) from exc
+    except OSError as exc:
+        raise ConfigError(ConfigIssue(str(path), "", "", f"cannot read the file ({exc.strerror})", "check the path")) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            ConfigIssue(f"{path}:byte {exc.start}", "", "", "not a UTF-8 text file", "a config must be TOML text")
+        ) from exc
+    if "\x00" in text:
+        raise ConfigError(ConfigIssue(str(path), "", "", "binary data (NUL bytes) in the file", "a config must be TOML text"))
+    data = parse_toml_text(text, str(path))
+    if not data:
+        raise ConfigError(
+            ConfigIssue(str(path), "", "", "the config file is empty",
+                        "write at least one section, or run `retrain init` for a commented starter")
+        )
+    return data, key_lines(text)
+
+
+# ---------------------------------------------------------------------------------------
+# Building a Config from layered raw values
+
+
+class _Builder:
+    """Collects raw values per setting with their origin, then validates them all."""
+
+    def __init__(self, label: str, lines: dict[tuple[object, ...], int]) -> None:
+        self.label = label
+        self.lines = lines
+        self.issues: list[ConfigIssue] = []
+        # section -> key -> (value, where); later layers replace earlier ones.
+        self.values: dict[str, dict[str, tuple[object, str]]] = {name: {} for name in SECTIONS}
+        self.sources: dict[tuple[str, str], str] = {}
+        # Where single entries of a table setting were given (--backend-opt k=v etc.).
+        self.entry_where: dict[tuple[str, str, str], str] = {}
+
+    def where(self, *path: object) -> str:
+        line = line_of(self.lines, tuple(path))
+        if not self.label:
+            return ""
+        return f"{self.label}:{line}" if line is not None else self.label
+
+    def problem(self, where: str, section: str, key: str, problem: str, fix: str = "") -> None:
+        self.issues.append(ConfigIssue(where, section, key, problem, fix))
+
+    # -- layer 1: the file ----------------------------------------------------------
+
+    def take_file(self, data: dict[str, object]) -> None:
+        for section, table in data.items():
+            if section not in SECTIONS:
+                self._unknown_section(section, table)
+                continue
+            if not isinstance(table, dict):
+                self.problem(self.where(section), "", section,
+                             f"'{section}' must be a table ([{section}]), not a {toml_type_name(table)}",
+                             f"write it as a [{section}] section")
+                continue
+            self._take_section_table(section, table)
+
+    def _unknown_section(self, section: str, value: object) -> None:
+        owner = _section_of_key(section)
+        if owner is not None and not isinstance(value, dict):
+            fix = f"put it under [{owner}]"
+            self.problem(self.where(section), "", section, "keys must live in a section", fix)
+            return
+        self.problem(self.where(section), section, "", "unknown section",
+                     _did_you_mean(section, SECTIONS, "sections are: " + ", ".join(SECTIONS)))
+
+    def _take_section_table(self, section: str, table: dict[str, object]) -> None:
+        specs = {spec.toml_key: spec for spec in SECTION_FIELDS[section]}
+        aliases = {alias: spec for spec in SECTION_FIELDS[section] for alias in spec.aliases}
+        for key, value in table.items():
+            where = self.where(section, key)
+            if section == "backend" and key in LEGACY_BACKEND_KEYS:
+                continue  # reported together below
+            spec = specs.get(key) or aliases.get(key)
+            if spec is None:
+                self._unknown_key(where, section, key)
+                continue
+            if key in spec.aliases and spec.toml_key in table:
+                self.problem(where, section, key,
+                             f"both '{key}' and '{spec.toml_key}' are set; '{key}' is the older name of the same setting",
+                             f"keep only {spec.toml_key}")
+                continue
+            self._set(section, spec.toml_key, value, where)
+        if section == "backend":
+            legacy = {key: value for key, value in table.items() if key in LEGACY_BACKEND_KEYS}
+            if legacy:
+                self._legacy_backend_keys(legacy)
+
+    def _unknown_key(self, where: str, section: str, key: str) -> None:
+        known = [spec.toml_key for spec in SECTION_FIELDS[section]]
+        other = _section_of_key(key)
+        if other is not None and other != section:
+            fix = f"'{key}' belongs in [{other}]"
+        else:
+            fix = _did_you_mean(key, known, f"[{section}] keys are: {', '.join(known)}")
+        self.problem(where, section, key, "unknown key", fix)
+
+    def _legacy_backend_keys(self, legacy: dict[str, object]) -> None:
+        import tomli_w
+
+        moved = {LEGACY_BACKEND_KEYS[key]: value for key, value in legacy.items()}
+        block = tomli_w.dumps({"backend": {"options": moved}}).strip().replace("\n", "\n      ")
+        first = min(legacy, key=lambda key: self.lines.get(("backend", key), 0))
+        target = self.label or "<config>"
+        self.problem(
+            self.where("backend", first), "backend", ", ".join(legacy),
+            "legacy prime_rl_* keys are no longer read from [backend]; they now live in [backend.options]:\n      "
+            + block,
+            f"run `retrain migrate-config {target} --write` to rewrite the file (comments are kept)",
+        )
+
+    def _set(self, section: str, key: str, value: object, where: str) -> None:
+        self.values[section][key] = (value, where)
+
+    # -- layer 2: the environment ---------------------------------------------------
+
+    def take_environment(self, environ: Mapping[str, str]) -> None:
+        for name in sorted(environ):
+            if not name.startswith(ENV_PREFIX) or "__" not in name:
+                continue
+            parts = name[len(ENV_PREFIX) :].lower().split("__")
+            self._take_text(tuple(parts), environ[name], f"env {name}")
+
+    # -- layer 3: CLI overrides -----------------------------------------------------
+
+    def take_overrides(self, overrides: Sequence[Override]) -> None:
+        for override in overrides:
+            self._take_text(override.path, override.raw, override.where)
+
+    def _take_text(self, path: tuple[str, ...], raw: str, where: str) -> None:
+        """Apply one textual override (env var or CLI) at ``path``."""
+        section = path[0]
+        if section not in SECTIONS:
+            self.problem(where, section, "", "unknown section", _did_you_mean(section, SECTIONS, ""))
+            return
+        if len(path) < 2:
+            self.problem(where, section, "", "names a section, not a setting", f"name a key, e.g. {section}.<key>")
+            return
+        specs = {spec.toml_key: spec for spec in SECTION_FIELDS[section]}
+        key = path[1]
+        spec = specs.get(key)
+        if spec is None:
+            alias_spec = next((s for s in SECTION_FIELDS[section] if key in s.aliases), None)
+            if alias_spec is None:
+                self._unknown_key(where, section, key)
+                return
+            spec, key = alias_spec, alias_spec.toml_key
+        if len(path) == 2:
+            self._set(section, key, parse_text_value(raw, spec.type), where)
+            return
+        if spec.type is not dict and getattr(spec.type, "__origin__", None) is not dict:
+            self.problem(where, section, key, f"'{key}' is not a table, so '{'.'.join(path[2:])}' cannot be set inside it",
+                         f"set {section}.{key} itself")
+            return
+        current, current_where = self.values[section].get(key, (None, ""))
+        table = dict(current) if isinstance(current, dict) else {}
+        entry = ".".join(path[2:])
+        table[entry] = parse_text_value(raw, None)
+        self.entry_where[(section, key, entry)] = where
+        self._set(section, key, table, current_where or where)
+
+    # -- validation -----------------------------------------------------------------
+
+    def build(self) -> Config:
+        sections: dict[str, object] = {}
+        for section, cls in SECTIONS.items():
+            kwargs: dict[str, object] = {}
+            for spec in SECTION_FIELDS[section]:
+                if spec.toml_key not in self.values[section]:
+                    continue
+                value, where = self.values[section][spec.toml_key]
+                self.sources[(section, spec.toml_key)] = where
+                checked = self._check(spec, value, where, (section, spec.toml_key))
+                if checked is not _INVALID:
+                    kwargs[spec.name] = checked
+            sections[section] = cls(**kwargs)
+        config = Config(**sections)  # type: ignore[arg-type]
+        if not self.issues:
+            self.issues.extend(rules.check(config, self.sources))
+        if self.issues:
+            raise ConfigError(sorted(self.issues, key=_issue_order))
+        return config
+
+    def _check(self, spec: FieldSpec, value: object, where: str, path: tuple[object, ...]) -> object:
+        section, key = spec.section, spec.toml_key
+        if spec.section == "backend" and spec.name == "options":
+            return self._check_backend_options(value, where)
+        if spec.section == "environment" and spec.name == "args":
+            return self._check_environment_args(value, where)
+        if spec.section == "campaign" and spec.name == "conditions":
+            return self._check_conditions(value, where)
+        problems = check_value(spec, value)
+        for problem, fix in problems:
+            self.problem(where, section, key, problem, fix)
+        return _INVALID if problems else normalize(spec, value)
+
+    def _check_backend_options(self, value: object, where: str) -> object:
+        if not isinstance(value, dict):
+            self.problem(where, "backend", "options", f"must be a table, got {toml_type_name(value)}",
+                         "write it as a [backend.options] section")
+            return _INVALID
+        backend_value = self.values["backend"].get("backend", ("local", ""))[0]
+        options_type = BACKEND_OPTIONS.get(backend_value) if isinstance(backend_value, str) else None
+        if options_type is None:
+            return dict(value)  # a plugin backend checks its own options
+        specs = {spec.toml_key: spec for spec in fields_of(options_type, "backend.options")}
+        result = {}
+        for key, item in value.items():
+            item_where = self.entry_where.get(("backend", "options", key)) or self.where("backend", "options", key) or where
+            spec = specs.get(key)
+            if spec is None:
+                fix = _did_you_mean(key, specs, f"backend \"{backend_value}\" takes: {', '.join(specs) or 'no options'}")
+                self.problem(item_where, "backend.options", key, f"not an option of backend \"{backend_value}\"", fix)
+                continue
+            problems = check_value(spec, item)
+            for problem, fix in problems:
+                self.problem(item_where, "backend.options", key, problem, fix)
+            if not problems:
+                result[key] = normalize(spec, item)
+        return result
+
+    def _check_environment_args(self, value: object, where: str) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                self.problem(where, "environment", "args", f"not valid JSON ({exc.msg} at column {exc.colno})",
+                             "write a TOML table instead: args = { split = \"train\" }")
+                return _INVALID
+            if not isinstance(parsed, dict):
+                self.problem(where, "environment", "args", "the JSON string must hold an object",
+                             "write a TOML table instead: args = { split = \"train\" }")
+                return _INVALID
+            return parsed
+        if not isinstance(value, dict):
+            self.problem(where, "environment", "args", f"must be a table or a JSON object string, got {toml_type_name(value)}",
+                         "write args = { key = value }")
+            return _INVALID
+        return dict(value)
+
+    def _check_conditions(self, value: object, where: str) -> object:
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            self.problem(where, "campaign", "conditions", "must be an array of tables",
+                         "write each condition as a [[campaign.conditions]] section")
+            return _INVALID
+        specs = {spec.toml_key: spec for spec in fields_of(CampaignCondition, "campaign.conditions")}
+        conditions = []
+        for index, table in enumerate(value):
+            kwargs = {}
+            for key, item in table.items():
+                item_where = self.where("campaign", "conditions", index, key) or where
+                spec = specs.get(key)
+                if spec is None:
+                    self.problem(item_where, f"campaign.conditions[{index}]", key, "unknown key",
+                                 _did_you_mean(key, specs, "use overrides = { \"section.key\" = value } for other settings"))
+                    continue
+                if key == "overrides":
+                    checked = self._check_condition_overrides(item, item_where, index)
+                else:
+                    problems = check_value(spec, item)
+                    for problem, fix in problems:
+                        self.problem(item_where, f"campaign.conditions[{index}]", key, problem, fix)
+                    checked = _INVALID if problems else normalize(spec, item)
+                if checked is not _INVALID:
+                    kwargs[spec.name] = checked
+            conditions.append(CampaignCondition(**kwargs))
+        return conditions
+
+    def _check_condition_overrides(self, value: object, where: str, index: int) -> object:
+        if not isinstance(value, dict):
+            self.problem(where, f"campaign.conditions[{index}]", "overrides", "must be a table",
+                         "write overrides = { \"training.lr\" = 1e-4 }")
+            return _INVALID
+        by_dotted = {spec.dotted: spec for spec in ALL_FIELDS}
+        result = {}
+        for name, item in _flatten(value).items():
+            spec = by_dotted.get(name)
+            if spec is None or spec.section == "campaign":
+                self.problem(where, f"campaign.conditions[{index}].overrides", name, "unknown setting",
+                             _did_you_mean(name, [d for d in by_dotted if not d.startswith("campaign.")],
+                                           "name settings as \"section.key\""))
+                continue
+            problems = check_value(spec, item)
+            for problem, fix in problems:
+                self.problem(where, f"campaign.conditions[{index}].overrides", name, problem, fix)
+            if not problems:
+                result[name] = normalize(spec, item)
+        return result
+
+
+_INVALID = object()
+
+
+def _issue_order(issue: ConfigIssue) -> tuple[int, int]:
+    """File problems first, by line; then environment variables; then CLI flags."""
+    layer = 2 if issue.where.startswith("CLI") else 1 if issue.where.startswith("env") else 0
+    _, _, line = issue.where.rpartition(":")
+    return (layer, int(line) if line.isdigit() else 0)
+
+
+def _flatten(table: dict[str, object], prefix: str = "") -> dict[str, object]:
+    """{"training": {"lr": 1}} and {"training.lr": 1} both become {"training.lr": 1}."""
+    flat: dict[str, object] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and "." not in key and name in SECTIONS:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+# ---------------------------------------------------------------------------------------
+# Values
+
+
+def toml_type_name(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    return type(value).__name__
+
+
+def _expected_name(declared: object) -> str:
+    names = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}
+    if declared in names:
+        return names[declared]
+    origin = getattr(declared, "__origin__", None)
+    if origin is list:
+        (item,) = declared.__args__  # type: ignore[attr-defined]
+        return f"an array of {_expected_name(item).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict or declared is dict:
+        return "a table"
+    return str(declared)
+
+
+def _type_fix(declared: object, value: object) -> str:
+    """A concrete suggestion for the most common type slips."""
+    if isinstance(value, str):
+        text = value.strip()
+        if declared is bool and text.lower() in ("true", "false"):
+            return f"write {text.lower()} without quotes"
+        if declared in (int, float):
+            try:
+                number = tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError:
+                number = None
+            if isinstance(number, (int, float)) and not isinstance(number, bool):
+                return f"write {text} without quotes"
+    if declared is int and isinstance(value, float) and value.is_integer():
+        return f"write {int(value)} (an integer, no decimal point)"
+    if declared is int and isinstance(value, float):
+        return "write a whole number"
+    if declared is bool and isinstance(value, int) and not isinstance(value, bool):
+        return "write true or false"
+    if declared is str:
+        return f"quote it: \"{value}\"" if not isinstance(value, (list, dict)) else "write a quoted string"
+    return f"write {_expected_name(declared)}"
+
+
+def _type_ok(declared: object, value: object) -> bool:
+    if declared is bool:
+        return isinstance(value, bool)
+    if declared is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if declared is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if declared is str:
+        return isinstance(value, str)
+    origin = getattr(declared, "__origin__", None)
+    if origin is list:
+        (item,) = declared.__args__  # type: ignore[attr-defined]
+        return isinstance(value, list) and all(_type_ok(item, element) for element in value)
+    if origin is dict or declared is dict:
+        return isinstance(value, dict)
+    raise TypeError(f"unsupported setting type {declared!r}")
+
+
+def check_value(spec: FieldSpec, value: object) -> list[tuple[str, str]]:
+    """Problems with one value as (problem, fix) pairs; empty when the value is valid."""
+    if not _type_ok(spec.type, value):
+        shown = _shown(value)
+        return [(f"expected {_expected_name(spec.type)}, got {toml_type_name(value)} {shown}", _type_fix(spec.type, value))]
+    problems: list[tuple[str, str]] = []
+    numbers = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+    if isinstance(value, list):
+        numbers = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for number in numbers:
+        problem = _bounds_problem(spec, number)
+        if problem:
+            problems.append(problem)
+            break
+    if isinstance(value, str):
+        problems.extend(_name_problems(spec, value))
+    return problems
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, str):
+        text = repr(value)
+    elif isinstance(value, (bool, list, dict)):
+        text = json.dumps(value, default=str)
+    else:
+        text = str(value)
+    return f"({text[:60]}{'…' if len(text) > 60 else ''})"
+
+
+def _bounds_problem(spec: FieldSpec, number: float) -> tuple[str, str] | None:
+    if isinstance(number, float) and not math.isfinite(number):
+        return (f"must be a finite number, got {number}", "write a finite value")
+    if isinstance(number, int) and abs(number) > 2**53:
+        return (f"{number} is far too large", "write a realistic value")
+    low = _describe_bounds(spec)
+    if spec.ge is not None and number < spec.ge or spec.gt is not None and number <= spec.gt:
+        return (f"{number} is out of range", f"use a value {low}")
+    if spec.le is not None and number > spec.le or spec.lt is not None and number >= spec.lt:
+        return (f"{number} is out of range", f"use a value {low}")
+    return None
+
+
+def _describe_bounds(spec: FieldSpec) -> str:
+    parts = []
+    if spec.ge is not None:
+        parts.append(f">= {spec.ge:g}")
+    if spec.gt is not None:
+        parts.append(f"> {spec.gt:g}")
+    if spec.le is not None:
+        parts.append(f"<= {spec.le:g}")
+    if spec.lt is not None:
+        parts.append(f"< {spec.lt:g}")
+    return " and ".join(parts)
+
+
+def _name_problems(spec: FieldSpec, value: str) -> list[tuple[str, str]]:
+    allowed = spec.allowed_names()
+    if not allowed or value in allowed:
+        return []
+    if spec.accepts_dotted_path and is_dotted_path(value):
+        return []  # a plugin: resolved (and checked) by the registry before the run starts
+    listed = ", ".join(repr(name) for name in allowed if name) or "(none)"
+    suffix = " or a dotted path to a plugin (pkg.module.attr)" if spec.accepts_dotted_path else ""
+    fix = _did_you_mean(value, [name for name in allowed if name], f"choose one of {listed}{suffix}")
+    return [(f"{value!r} is not a valid choice", fix)]
+
+
+def normalize(spec: FieldSpec, value: object) -> object:
+    """Store ints given for float settings as floats, so equal configs compare equal."""
+    if spec.type is float:
+        return float(value)  # type: ignore[arg-type]
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return value
+
+
+def parse_text_value(raw: str, declared: object) -> object:
+    """Parse a value given on the command line or in an environment variable.
+
+    The text is read as a TOML literal (``1e-4`` is a float, ``true`` a bool,
+    ``["a", "b"]`` an array) and then type-checked like a file value. A string setting
+    takes the text as-is unless it is quoted, so ``--model Qwen/Qwen3-4B`` needs no
+    quotes; a list of strings also accepts a comma list (``plugins,more_plugins``).
+    """
+    text = raw.strip()
+    if declared is str and not (text[:1] in "\"'" and text[-1:] == text[:1] and len(text) >= 2):
+        return raw
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        pass
+    if getattr(declared, "__origin__", None) is list and declared.__args__ == (str,):  # type: ignore[attr-defined]
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return raw
+
+
+def _section_of_key(key: str) -> str | None:
+    """The section that declares ``key``, when exactly one does."""
+    owners = {spec.section for spec in ALL_FIELDS if spec.toml_key == key}
+    return owners.pop() if len(owners) == 1 else None
+
+
+def _did_you_mean(word: str, candidates: object, otherwise: str) -> str:
+    names = [str(candidate) for candidate in candidates]  # type: ignore[attr-defined]
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    if not close:
+        lowered = {name.lower(): name for name in names}
+        close = [lowered[word.lower()]] if word.lower() in lowered else []
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return otherwise
+
+
+def did_you_mean(word: str, candidates: object, otherwise: str) -> str:
+    """Public form of the suggestion helper, shared with the CLI flag parser."""
+    return _did_you_mean(word, candidates, otherwise)
+
+
+def fields_by_dotted() -> dict[str, FieldSpec]:
+    return {spec.dotted: spec for spec in ALL_FIELDS}
+
+
+def config_fields(config: Config) -> dict[str, object]:
+    """``{"section.key": value}`` for every setting of ``config``."""
+    flat = {}
+    for section in SECTIONS:
+        section_value = getattr(config, section)
+        for spec in SECTION_FIELDS[section]:
+            flat[spec.dotted] = getattr(section_value, spec.name)
+    return flat
+
+
+def replace_setting(config: Config, dotted: str, value: object) -> Config:
+    """A copy of ``config`` with one setting changed (no validation; see ``load_config``)."""
+    section, _, key = dotted.partition(".")
+    spec = fields_by_dotted()[dotted]
+    section_value = dataclasses.replace(getattr(config, section), **{spec.name: value})
+    return dataclasses.replace(config, **{section: section_value})

@@ -1,0 +1,220 @@
+"""Cross-field rules: combinations of individually valid settings that cannot work.
+
+Each rule returns the issues it finds; ``check`` runs them all. Rules only look at the
+config (no model, no network), so ``retrain explain`` reports everything a run would
+reject at startup.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from retrain.config.schema import Config
+from retrain.errors import ConfigIssue
+
+HTTP_ENGINES = ("vllm", "sglang", "openai", "max", "mlx")
+_DEVICE = re.compile(r"^(cpu|gpu:\d+|cuda:\d+)$")
+
+Sources = dict[tuple[str, str], str]
+
+
+def parse_devices(devices: str) -> list[str]:
+    """Split ``[backend] devices`` into normalized torch device strings.
+
+    ``gpu:N`` and ``cuda:N`` both mean ``cuda:N``; ``cpu`` stays ``cpu``. Raises
+    ``ValueError`` naming the bad entry for anything else.
+    """
+    parsed = []
+    for item in devices.split(","):
+        name = item.strip().lower()
+        if not _DEVICE.match(name):
+            raise ValueError(f"'{item.strip()}' is not a device")
+        parsed.append("cpu" if name == "cpu" else "cuda:" + name.split(":")[1])
+    return parsed
+
+
+def _where(sources: Sources, section: str, key: str) -> str:
+    return sources.get((section, key), "")
+
+
+def _issue(sources: Sources, section: str, key: str, problem: str, fix: str) -> ConfigIssue:
+    return ConfigIssue(_where(sources, section, key), section, key, problem, fix)
+
+
+def _devices(config: Config, sources: Sources) -> list[ConfigIssue]:
+    try:
+        devices = parse_devices(config.backend.devices)
+    except ValueError as exc:
+        return [_issue(sources, "backend", "devices", str(exc),
+                       "write cpu, gpu:N or cuda:N, comma-separated for split mode (e.g. \"gpu:0,gpu:1\")")]
+    if len(devices) > 2:
+        return [_issue(sources, "backend", "devices", f"{len(devices)} devices given; split mode uses two",
+                       "list one device, or two (sampling on the first, training on the last)")]
+    return []
+
+
+def _shannon_entropy(config: Config, sources: Sources) -> list[ConfigIssue]:
+    if config.algorithm.uncertainty_kind != "shannon_entropy":
+        return []
+    if config.inference.engine == "pytorch" and config.backend.backend == "local":
+        return []
+    return [_issue(sources, "algorithm", "uncertainty_kind",
+                   "shannon_entropy needs the full next-token distribution, which only the in-process pytorch "
+                   f"engine on the local backend provides (engine = \"{config.inference.engine}\", "
+                   f"backend = \"{config.backend.backend}\")",
+                   "use uncertainty_kind = \"surprisal\" or \"predictive_variance\", or engine = \"pytorch\" "
+                   "with backend = \"local\"")]
+
+
+def _prime_rl(config: Config, sources: Sources) -> list[ConfigIssue]:
+    if config.backend.backend != "prime_rl":
+        return []
+    if config.backend.options.get("strict_advantages", True) is False:
+        return [_issue(sources, "backend.options", "strict_advantages",
+                       "prime_rl must receive per-token advantages unchanged; false would let them be aggregated silently",
+                       "remove the key or set strict_advantages = true")]
+    return []
+
+
+def _environment(config: Config, sources: Sources) -> list[ConfigIssue]:
+    env = config.environment
+    if env.provider and not env.id:
+        return [_issue(sources, "environment", "id", f"provider = \"{env.provider}\" needs an environment id",
+                       "set id, e.g. id = \"primeintellect/gsm8k\"")]
+    if not env.provider:
+        unused = [key for key in ("id", "args", "max_turns", "auto_install") if (("environment", key) in sources)]
+        if unused:
+            return [_issue(sources, "environment", unused[0], "is only used when an environment provider is set",
+                           "set provider = \"verifiers\" or remove it")]
+    return []
+
+
+def _backpressure(config: Config, sources: Sources) -> list[ConfigIssue]:
+    bp = config.backpressure
+    if bp.min_batch_size > bp.max_batch_size:
+        return [_issue(sources, "backpressure", "min_batch_size",
+                       f"min_batch_size ({bp.min_batch_size}) is larger than max_batch_size ({bp.max_batch_size})",
+                       "make min_batch_size <= max_batch_size")]
+    return []
+
+
+def _reward(config: Config, sources: Sources) -> list[ConfigIssue]:
+    reward = config.reward
+    if reward.type == "custom" and not reward.custom_module:
+        return [_issue(sources, "reward", "custom_module", "type = \"custom\" needs the module holding the function",
+                       "set custom_module, e.g. \"my_rewards\" (with custom_function = \"score\")")]
+    if reward.type == "judge" and not reward.judge_model:
+        return [_issue(sources, "reward", "judge_model", "type = \"judge\" needs a judge model",
+                       "set judge_model, e.g. \"gpt-4o-mini\"")]
+    if reward.type != "custom" and ("reward", "custom_module") in sources and reward.custom_module:
+        return [_issue(sources, "reward", "custom_module", f"is only used with type = \"custom\" (type is \"{reward.type}\")",
+                       "set type = \"custom\" or remove custom_module")]
+    if reward.type != "judge" and reward.judge_model:
+        return [_issue(sources, "reward", "judge_model", f"is only used with type = \"judge\" (type is \"{reward.type}\")",
+                       "set type = \"judge\" or remove judge_model")]
+    return []
+
+
+def _engine(config: Config, sources: Sources) -> list[ConfigIssue]:
+    inference = config.inference
+    if inference.engine in HTTP_ENGINES and not inference.url and config.backend.backend != "tinker":
+        return [_issue(sources, "inference", "url", f"engine = \"{inference.engine}\" needs the server URL",
+                       "set url, e.g. \"http://localhost:8000\"")]
+    if inference.engine == "pytorch" and inference.url:
+        return [_issue(sources, "inference", "url", "the in-process pytorch engine does not use a server URL",
+                       "remove url, or choose an HTTP engine (vllm, sglang, openai, max, mlx)")]
+    return []
+
+
+def _model(config: Config, sources: Sources) -> list[ConfigIssue]:
+    issues = []
+    if config.model.base_url and config.backend.backend != "tinker":
+        issues.append(_issue(sources, "model", "base_url", "is the Tinker service URL; it is only used by backend = \"tinker\"",
+                             "remove base_url or set backend = \"tinker\""))
+    if config.model.lora_rank == 0 and config.backend.backend != "local":
+        issues.append(_issue(sources, "model", "lora_rank", "0 (full fine-tuning) is only supported by the local backend",
+                             "set lora_rank > 0"))
+    return issues
+
+
+def _data(config: Config, sources: Sources) -> list[ConfigIssue]:
+    data = config.data
+    if data.source == "jsonl" and not data.path:
+        return [_issue(sources, "data", "path", "source = \"jsonl\" needs the file to read",
+                       "set path, e.g. \"data/train.jsonl\"")]
+    if data.path and data.source in ("math", "arithmetic"):
+        return [_issue(sources, "data", "path", f"source = \"{data.source}\" does not read a file",
+                       "remove path, or set source = \"jsonl\"")]
+    return []
+
+
+def _clipping(config: Config, sources: Sources) -> list[ConfigIssue]:
+    training = config.training
+    if training.clip_eps_high > 0 and training.clip_eps == 0:
+        return [_issue(sources, "training", "clip_eps_high", "upper clipping needs clip_eps > 0 (clipping is off)",
+                       "set clip_eps, e.g. 0.2, or remove clip_eps_high")]
+    return []
+
+
+def _algorithm(config: Config, sources: Sources) -> list[ConfigIssue]:
+    algorithm = config.algorithm
+    issues = []
+    if algorithm.algorithm_mode:
+        for key in ("advantage_mode", "transform_mode", "advantage_params", "transform_params"):
+            if ("algorithm", key) in sources:
+                issues.append(_issue(sources, "algorithm", key,
+                                     f"is not used because algorithm_mode = \"{algorithm.algorithm_mode}\" selects the whole pipeline",
+                                     f"remove {key}, or remove algorithm_mode to use the composable path"))
+    elif algorithm.params:
+        issues.append(_issue(sources, "algorithm", "params", "is only passed to an algorithm_mode plugin, and none is set",
+                             "set algorithm_mode or remove [algorithm.params]"))
+    return issues
+
+
+def _squeeze(config: Config, sources: Sources) -> list[ConfigIssue]:
+    if config.squeeze.compress_to and not config.squeeze.output_path:
+        return [_issue(sources, "squeeze", "compress_to", "a compression rank is set but there is nowhere to write the result",
+                       "set output_path")]
+    return []
+
+
+def _campaign(config: Config, sources: Sources) -> list[ConfigIssue]:
+    names: dict[str, int] = {}
+    issues = []
+    for index, condition in enumerate(config.campaign.conditions):
+        name = condition.name or f"{condition.advantage_mode or config.algorithm.advantage_mode}+" \
+                                  f"{condition.transform_mode or config.algorithm.transform_mode}"
+        if name in names:
+            issues.append(ConfigIssue(_where(sources, "campaign", "conditions"), f"campaign.conditions[{index}]", "name",
+                                      f"duplicate condition name '{name}' (also condition {names[name]})",
+                                      "give each condition a distinct name"))
+        names[name] = index
+    if len(set(config.campaign.seeds)) != len(config.campaign.seeds):
+        issues.append(_issue(sources, "campaign", "seeds", "a seed is listed twice", "list each seed once"))
+    return issues
+
+
+RULES: tuple[Callable[[Config, Sources], list[ConfigIssue]], ...] = (
+    _devices,
+    _shannon_entropy,
+    _prime_rl,
+    _environment,
+    _backpressure,
+    _reward,
+    _engine,
+    _model,
+    _data,
+    _clipping,
+    _algorithm,
+    _squeeze,
+    _campaign,
+)
+
+
+def check(config: Config, sources: Sources) -> list[ConfigIssue]:
+    """Every cross-field problem of ``config``; ``sources`` says which keys were set explicitly."""
+    issues: list[ConfigIssue] = []
+    for rule in RULES:
+        issues.extend(rule(config, sources))
+    return issues
