@@ -31,7 +31,7 @@ def _kebab(name: str) -> str:
 
 def _build_flag_table() -> dict[str, FieldSpec]:
     """Flag -> setting. Raises at import if two settings would share a flag."""
-    key_counts = Counter(spec.toml_key for spec in ALL_FIELDS)
+    key_counts = Counter(spec.toml_key for spec in ALL_FIELDS if spec.section != "campaign")
     table: dict[str, FieldSpec] = {}
 
     def add(flag: str, spec: FieldSpec) -> None:
@@ -47,7 +47,7 @@ def _build_flag_table() -> dict[str, FieldSpec]:
     for spec in ALL_FIELDS:
         if spec.flag:
             add(f"--{spec.flag}", spec)
-        elif key_counts[spec.toml_key] == 1 and spec.section != "campaign":
+        elif key_counts[spec.toml_key] == 1 and spec.section != "campaign" and not isinstance(spec.default, dict):
             add(f"--{_kebab(spec.toml_key)}", spec)
         for alias in spec.aliases:
             add(f"--{_kebab(alias)}", spec)

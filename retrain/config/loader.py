@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import math
 import os
 import tomllib
@@ -35,6 +36,8 @@ from retrain.config.schema import (
 from retrain.errors import ConfigError, ConfigIssue
 from retrain.registry_names import is_dotted_path
 
+logger = logging.getLogger(__name__)
+
 ENV_PREFIX = "RETRAIN_"
 DEFAULT_CONFIG = "retrain.toml"
 
@@ -56,6 +59,8 @@ class ResolvedConfig:
     path: Path | None
     # (section, key) -> "retrain.toml:12" / "env RETRAIN_TRAINING__LR" / "CLI --lr"
     sources: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Settings that are valid but have no effect here (e.g. another backend's options).
+    warnings: list[ConfigIssue] = field(default_factory=list)
 
 
 def load_config(
@@ -63,8 +68,13 @@ def load_config(
     overrides: Sequence[Override] = (),
     environ: Mapping[str, str] | None = None,
 ) -> Config:
-    """Load, overlay and validate a config; raise ``ConfigError`` listing every problem."""
-    return resolve_config(path, overrides, environ).config
+    """Load, overlay and validate a config; raise ``ConfigError`` listing every problem.
+
+    Warnings (valid settings that have no effect) are logged."""
+    resolved = resolve_config(path, overrides, environ)
+    for warning in resolved.warnings:
+        logger.warning("%s", warning)
+    return resolved.config
 
 
 def resolve_config(
@@ -85,7 +95,7 @@ def resolve_config(
     builder.take_environment(os.environ if environ is None else environ)
     builder.take_overrides(overrides)
     config = builder.build()
-    return ResolvedConfig(config=config, path=file_path, sources=builder.sources)
+    return ResolvedConfig(config=config, path=file_path, sources=builder.sources, warnings=builder.warnings)
 
 
 def parse_toml_text(text: str, label: str) -> dict[str, object]:
@@ -140,6 +150,7 @@ class _Builder:
         self.label = label
         self.lines = lines
         self.issues: list[ConfigIssue] = []
+        self.warnings: list[ConfigIssue] = []
         # section -> key -> (value, where); later layers replace earlier ones.
         self.values: dict[str, dict[str, tuple[object, str]]] = {name: {} for name in SECTIONS}
         self.sources: dict[tuple[str, str], str] = {}
@@ -322,6 +333,13 @@ class _Builder:
         for key, item in value.items():
             item_where = self.entry_where.get(("backend", "options", key)) or self.where("backend", "options", key) or where
             spec = specs.get(key)
+            owner = _other_backend_with_option(backend_value, key)
+            if spec is None and owner is not None:
+                self.warnings.append(ConfigIssue(
+                    item_where, "backend.options", key,
+                    f"is an option of backend \"{owner}\" and has no effect with backend \"{backend_value}\"",
+                    "remove it, or keep it only in configs for that backend"))
+                continue
             if spec is None:
                 fix = _did_you_mean(key, specs, f"backend \"{backend_value}\" takes: {', '.join(specs) or 'no options'}")
                 self.problem(item_where, "backend.options", key, f"not an option of backend \"{backend_value}\"", fix)
@@ -405,6 +423,13 @@ class _Builder:
 
 
 _INVALID = object()
+
+
+def _other_backend_with_option(backend: str, key: str) -> str | None:
+    for name, options_type in BACKEND_OPTIONS.items():
+        if name != backend and key in {spec.toml_key for spec in fields_of(options_type, "backend.options")}:
+            return name
+    return None
 
 
 def _issue_order(issue: ConfigIssue) -> tuple[int, int]:

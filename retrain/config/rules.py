@@ -83,7 +83,8 @@ def _environment(config: Config, sources: Sources) -> list[ConfigIssue]:
         return [_issue(sources, "environment", "id", f"provider = \"{env.provider}\" needs an environment id",
                        "set id, e.g. id = \"primeintellect/gsm8k\"")]
     if not env.provider:
-        unused = [key for key in ("id", "args", "max_turns", "auto_install") if (("environment", key) in sources)]
+        default = type(env)()
+        unused = [key for key in ("id", "args", "max_turns", "auto_install") if getattr(env, key) != getattr(default, key)]
         if unused:
             return [_issue(sources, "environment", unused[0], "is only used when an environment provider is set",
                            "set provider = \"verifiers\" or remove it")]
@@ -107,7 +108,7 @@ def _reward(config: Config, sources: Sources) -> list[ConfigIssue]:
     if reward.type == "judge" and not reward.judge_model:
         return [_issue(sources, "reward", "judge_model", "type = \"judge\" needs a judge model",
                        "set judge_model, e.g. \"gpt-4o-mini\"")]
-    if reward.type != "custom" and ("reward", "custom_module") in sources and reward.custom_module:
+    if reward.type != "custom" and reward.custom_module:
         return [_issue(sources, "reward", "custom_module", f"is only used with type = \"custom\" (type is \"{reward.type}\")",
                        "set type = \"custom\" or remove custom_module")]
     if reward.type != "judge" and reward.judge_model:
@@ -143,7 +144,7 @@ def _data(config: Config, sources: Sources) -> list[ConfigIssue]:
     if data.source == "jsonl" and not data.path:
         return [_issue(sources, "data", "path", "source = \"jsonl\" needs the file to read",
                        "set path, e.g. \"data/train.jsonl\"")]
-    if data.path and data.source in ("math", "arithmetic"):
+    if data.path and data.source == "arithmetic":
         return [_issue(sources, "data", "path", f"source = \"{data.source}\" does not read a file",
                        "remove path, or set source = \"jsonl\"")]
     return []
@@ -161,8 +162,9 @@ def _algorithm(config: Config, sources: Sources) -> list[ConfigIssue]:
     algorithm = config.algorithm
     issues = []
     if algorithm.algorithm_mode:
+        default = type(algorithm)()
         for key in ("advantage_mode", "transform_mode", "advantage_params", "transform_params"):
-            if ("algorithm", key) in sources:
+            if getattr(algorithm, key) != getattr(default, key):
                 issues.append(_issue(sources, "algorithm", key,
                                      f"is not used because algorithm_mode = \"{algorithm.algorithm_mode}\" selects the whole pipeline",
                                      f"remove {key}, or remove algorithm_mode to use the composable path"))

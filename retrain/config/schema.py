@@ -118,6 +118,14 @@ class BackendConfig:
     adapter_path: str = setting("/tmp/retrain_adapter", "Directory for LoRA adapter checkpoints")
     options: dict[str, TomlValue] = setting({}, "Backend-specific options table, validated per backend")
 
+    def __post_init__(self) -> None:
+        # A built-in backend's options always hold every key (defaults filled in), so two
+        # configs meaning the same thing compare equal however they were written.
+        options_type = BACKEND_OPTIONS.get(self.backend)
+        if options_type is not None:
+            defaults = {spec.toml_key: spec.default for spec in fields_of(options_type, "backend.options")}
+            object.__setattr__(self, "options", defaults | dict(self.options))
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -206,7 +214,9 @@ class DataConfig:
         "math", "Prompt source: math (hendrycks MATH), arithmetic (offline), jsonl, or a dotted path",
         plugin_kind="data",
     )
-    path: str = setting("", "Dataset file for source = \"jsonl\" (one {\"prompt\", \"answer\"} object per line)")
+    path: str = setting(
+        "", "jsonl: the file to read; math: a local copy of the dataset instead of the hub; empty = none"
+    )
     split: str = setting("train", "Dataset split to train on")
     shuffle: bool = setting(True, "Shuffle the examples (seeded by [training] seed)")
 
@@ -363,8 +373,8 @@ class Config:
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
 
     def backend_options(self) -> object:
-        """The typed ``[backend.options]`` for a built-in backend (defaults filled in);
-        for a plugin backend, the raw table."""
+        """The typed ``[backend.options]`` (``LocalOptions``, ``TinkerOptions``,
+        ``PrimeRLOptions``) for a built-in backend; for a plugin backend, the raw table."""
         options_type = BACKEND_OPTIONS.get(self.backend.backend)
         if options_type is None:
             return dict(self.backend.options)

@@ -1,0 +1,104 @@
+"""``retrain explain [CONFIG] [--setting value ...] [--json] [--changed]``.
+
+Validates a config exactly as a run would (file, environment, flags, cross-field rules,
+plugin resolution) without loading any model, then prints every resolved setting grouped
+by section, marking what differs from the defaults and where it was set.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from retrain.config.flags import parse_run_args
+from retrain.config.loader import DEFAULT_CONFIG, ResolvedConfig, resolve_config
+from retrain.config.reference import toml_literal
+from retrain.config.schema import SECTION_FIELDS, Config
+from retrain.config.snapshot import config_to_dict
+
+DESCRIPTION = "validate a config and show what it resolves to, loading no model"
+
+HELP = """usage: retrain explain [CONFIG] [--setting value ...] [--json] [--changed]
+
+Validate CONFIG (default ./retrain.toml) with any overrides, exactly as a run
+would, without loading a model, and print the resolved settings by section.
+Settings that differ from the defaults are marked with '*' and say where they
+were set (file:line, env VAR or CLI flag).
+
+options:
+  --json      print one JSON object instead of text
+  --changed   show only settings that differ from the defaults
+"""
+
+COMMAND_OPTIONS = {"--json": False, "--changed": False, "--help": False, "-h": False}
+
+
+def main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        print(HELP)
+        return 0
+    args = parse_run_args(argv, COMMAND_OPTIONS)
+    resolved = resolve_config(args.config or DEFAULT_CONFIG, args.overrides)
+    if args.options.get("--json"):
+        json.dump(explain_json(resolved), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(explain_text(resolved, only_changed=bool(args.options.get("--changed")),
+                                      color=sys.stdout.isatty()))
+    return 0
+
+
+def _rows(resolved: ResolvedConfig) -> dict[str, list[tuple[str, object, object, str]]]:
+    """section -> [(key, value, default, source)] with secrets redacted."""
+    values = config_to_dict(resolved.config)
+    defaults = config_to_dict(Config())
+    rows: dict[str, list[tuple[str, object, object, str]]] = {}
+    for section, table in values.items():
+        rows[section] = []
+        for spec in SECTION_FIELDS[section]:
+            value = table[spec.toml_key]
+            default = defaults.get(section, {}).get(spec.toml_key, spec.default)
+            rows[section].append((spec.toml_key, value, default, resolved.sources.get((section, spec.toml_key), "")))
+    return rows
+
+
+def explain_json(resolved: ResolvedConfig) -> dict[str, object]:
+    settings = {
+        section: {
+            key: {"value": value, "default": default, "changed": value != default, "source": source or "default"}
+            for key, value, default, source in rows
+        }
+        for section, rows in _rows(resolved).items()
+    }
+    return {
+        "config": str(resolved.path) if resolved.path else None,
+        "valid": True,
+        "warnings": [str(warning) for warning in resolved.warnings],
+        "settings": settings,
+    }
+
+
+def explain_text(resolved: ResolvedConfig, only_changed: bool = False, color: bool = False) -> str:
+    bold, reset = ("\033[1;33m", "\033[0m") if color else ("", "")
+    lines = [f"{resolved.path or '(no file)'}: valid", ""]
+    changed_count = 0
+    for section, rows in _rows(resolved).items():
+        shown = [row for row in rows if not only_changed or row[1] != row[2]]
+        if not shown:
+            continue
+        lines.append(f"[{section}]")
+        width = max(len(key) for key, *_ in shown)
+        for key, value, default, source in shown:
+            changed = value != default
+            changed_count += changed
+            text = f"{key.ljust(width)} = {toml_literal(value)}"
+            if changed:
+                where = f"  # {source}" if source else ""
+                lines.append(f"* {bold}{text}{reset}{where}")
+            else:
+                lines.append(f"  {text}")
+        lines.append("")
+    lines.append(f"{changed_count} setting(s) differ from the defaults (marked *).")
+    lines.extend(f"warning: {warning}" for warning in resolved.warnings)
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,98 @@
+"""Write a fully resolved config as TOML that loads back to an equal config.
+
+Every run writes one next to its logs (``<log_dir>/config.toml``) so ``retrain <that
+file>`` reproduces it. Secrets (declared ``secret`` settings, and entries of free-form
+tables whose names look like credentials) are written as empty strings, which every
+such setting reads as "take it from the environment".
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+from retrain import __version__
+from retrain.atomic import write_atomic
+from retrain.config.schema import BACKEND_OPTIONS, SECTION_FIELDS, CampaignCondition, Config, fields_of
+
+REDACTED = ""
+_SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|password|credential)", re.IGNORECASE)
+
+
+def _redact_table(table: dict[str, object]) -> dict[str, object]:
+    redacted: dict[str, object] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            redacted[key] = _redact_table(value)
+        elif _SECRET_NAME.search(key) and isinstance(value, str) and value:
+            redacted[key] = REDACTED
+        else:
+            redacted[key] = value
+    return redacted
+
+
+def _condition_dict(condition: CampaignCondition) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for spec in fields_of(CampaignCondition, "campaign.conditions"):
+        value = getattr(condition, spec.name)
+        if value != spec.default:
+            values[spec.toml_key] = _redact_table(value) if isinstance(value, dict) else value
+    return values
+
+
+def config_to_dict(config: Config, redact: bool = True) -> dict[str, dict[str, object]]:
+    """The config as nested TOML tables, every setting spelled out.
+
+    ``[backend.options]`` of a built-in backend is written with its defaults filled in;
+    ``[campaign]`` is left out when it holds no conditions and no seeds.
+    """
+    data: dict[str, dict[str, object]] = {}
+    for section, specs in SECTION_FIELDS.items():
+        section_value = getattr(config, section)
+        if section == "campaign" and config.campaign == type(config.campaign)():
+            continue
+        table: dict[str, object] = {}
+        for spec in specs:
+            value = getattr(section_value, spec.name)
+            if section == "backend" and spec.name == "options":
+                value = _backend_options(config)
+            if section == "campaign" and spec.name == "conditions":
+                value = [_condition_dict(condition) for condition in value]
+            if redact and spec.secret and value:
+                value = REDACTED
+            if redact and isinstance(value, dict):
+                value = _redact_table(value)
+            table[spec.toml_key] = value
+        data[section] = table
+    return data
+
+
+def _backend_options(config: Config) -> dict[str, object]:
+    values = dict(config.backend.options)
+    options_type = BACKEND_OPTIONS.get(config.backend.backend)
+    for spec in fields_of(options_type, "backend.options") if options_type else []:
+        if spec.secret and values.get(spec.toml_key):
+            values[spec.toml_key] = REDACTED
+    return values
+
+
+def config_to_toml(config: Config, redact: bool = True, header: str = "") -> str:
+    """The config as TOML text (see ``config_to_dict``)."""
+    import tomli_w
+
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    lines = [
+        f"# Resolved retrain {__version__} configuration, written {stamp}.",
+        "# Every setting is spelled out; secrets are blanked (they are read from the environment).",
+        "# Reproduce with: retrain <this file>",
+    ]
+    if header:
+        lines.extend(f"# {line}" for line in header.splitlines())
+    return "\n".join(lines) + "\n\n" + tomli_w.dumps(config_to_dict(config, redact=redact))
+
+
+def write_snapshot(config: Config, path: Path) -> Path:
+    """Write the resolved config (secrets redacted) to ``path`` atomically."""
+    write_atomic(path, config_to_toml(config))
+    return path
