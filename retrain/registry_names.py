@@ -37,10 +37,10 @@ ALGORITHM_RECIPES: dict[str, tuple[str, str]] = {
 ALGORITHMS: dict[str, str] = {name: "retrain.algorithms:Recipe" for name in ALGORITHM_RECIPES}
 
 REWARDS: dict[str, str] = {
-    "match": "retrain.rewards:MatchReward",
-    "math": "retrain.rewards:MathReward",
-    "judge": "retrain.rewards:JudgeReward",
-    "custom": "retrain.rewards:CustomReward",
+    "match": "retrain.rewards.match:MatchReward",
+    "math": "retrain.rewards.math:MathReward",
+    "judge": "retrain.rewards.judge:JudgeReward",
+    "custom": "retrain.rewards.custom:CustomReward",
 }
 
 DATA_SOURCES: dict[str, str] = {

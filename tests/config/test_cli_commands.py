@@ -1,0 +1,103 @@
+"""The config-facing commands through the real CLI: help, version, explain, init, and the
+promise that none of them imports torch, transformers or peft."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retrain import __version__
+from retrain.cli import main
+from retrain.config.loader import load_config
+from retrain.config.reference import render_reference
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "transformers", "peft", "datasets", "wandb", "sentence_transformers")
+
+
+def run_cli(*args: str, cwd: Path = REPO, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "retrain", *args], capture_output=True, text=True, cwd=cwd, input=stdin)
+
+
+def modules_after(code: str) -> set[str]:
+    probe = f"import sys\n{code}\nprint(','.join(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.strip().split("\n")[-1].split(","))
+
+
+def test_importing_the_cli_imports_no_heavy_library() -> None:
+    loaded = modules_after("import retrain.cli")
+    assert not [name for name in HEAVY if name in loaded]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["explain", "retrain.toml"], ["explain", "retrain.toml", "--json"],
+                                  ["train", "--help"], ["init", "--list"]])
+def test_config_commands_import_no_heavy_library(argv: list[str]) -> None:
+    code = f"import retrain.cli\ntry:\n    retrain.cli.main({argv!r})\nexcept SystemExit:\n    pass"
+    loaded = modules_after(code)
+    assert not [name for name in HEAVY if name in loaded]
+
+
+def test_help_and_version() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0 and "migrate-config" in result.stdout and "explain" in result.stdout
+    assert run_cli("--version").stdout.strip() == f"retrain {__version__}"
+    flags = run_cli("train", "--help").stdout
+    assert "--lr" in flags and "--hicra-alpha" in flags and "--backend-opt k=v" in flags
+    assert "--changed" in run_cli("explain", "--help").stdout
+
+
+def test_unknown_command_suggests_the_right_one() -> None:
+    result = run_cli("explian")
+    assert result.returncode == 2 and "did you mean 'explain'" in result.stderr
+
+
+def test_explain_marks_what_differs_and_where(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[backend]\ndevices = "cpu"\n[training]\nlr = 1e-4\n')
+    result = run_cli("explain", str(config), "--batch-size", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("* lr") and f"{config}:4" in line for line in lines)
+    assert any(line.startswith("* batch_size") and "CLI --batch-size" in line for line in lines)
+    assert any(line.startswith("  group_size") for line in lines)
+    only_changed = run_cli("explain", str(config), "--changed", cwd=tmp_path).stdout
+    assert "group_size" not in only_changed and "lr" in only_changed
+
+
+def test_explain_json(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[backend]\ndevices = "cpu"\n')
+    payload = json.loads(run_cli("explain", str(config), "--json", "--seed", "7", cwd=tmp_path).stdout)
+    assert payload["valid"] is True
+    assert payload["settings"]["training"]["seed"] == {"value": 7, "default": -1, "changed": True, "source": "CLI --seed"}
+
+
+def test_init_writes_each_template_and_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("cpu", "quickstart", "full", "campaign"):
+        target = tmp_path / f"{name}.toml"
+        assert main(["init", str(target), "--template", name]) == 0
+        load_config(target, environ={})
+        before = target.read_bytes()
+        assert main(["init", str(target), "--template", name]) == 2
+        assert target.read_bytes() == before
+    assert "already exists" in capsys.readouterr().err
+    assert main(["init", str(tmp_path / "x.toml"), "--template", "nope"]) == 2
+    assert not (tmp_path / "x.toml").exists()
+
+
+def test_init_full_template_documents_every_setting(tmp_path: Path) -> None:
+    target = tmp_path / "full.toml"
+    main(["init", str(target), "--template", "full"])
+    text = target.read_text()
+    assert "# AdamW learning rate\nlr = 4e-05" in text
+
+
+def test_configuration_reference_page_is_current() -> None:
+    committed = (REPO / "docs" / "configuration.md").read_text()
+    assert committed == render_reference(), "regenerate: python -m retrain.config.reference > docs/configuration.md"
