@@ -32,6 +32,7 @@ import numpy as np
 
 from retrain.config.schema import Config
 from retrain.errors import ConfigError, ConfigIssue, PluginError
+from retrain.registry import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ DEFAULT_STRATEGIC_GRAMS: tuple[str, ...] = (
 )
 
 Spans = list[list[tuple[int, int]]]
+APOSTROPHE = "['\u2019]"
 
 
 class PlanningDetector(Protocol):
@@ -96,8 +98,7 @@ def gram_pattern(grams: Sequence[str]) -> re.Pattern[str]:
     alternatives = []
     # Longest first, so a gram that extends another wins the match at the same position.
     for gram in sorted(set(grams), key=len, reverse=True):
-        words = gram.split()
-        pieces = [re.escape(word).replace("'", "['\u2019]").replace("\u2019", "['\u2019]") for word in words]
+        pieces = ["".join(APOSTROPHE if char in "'\u2019" else re.escape(char) for char in word) for word in gram.split()]
         alternatives.append(r"[\s\-]+".join(pieces))
     return re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE)
 
@@ -259,8 +260,6 @@ class SemanticPlanningDetector:
 
 def build_planning_detector(config: Config, base_dir: Path | None = None) -> PlanningDetector:
     """The configured detector (``[planning] detector``: regex, semantic or a dotted path)."""
-    from retrain.registry import resolve
-
     resolved = resolve("planning", config.planning.detector, config.plugins, base_dir)
     detector = resolved.obj(config)  # type: ignore[operator]
     if not callable(getattr(detector, "detect", None)):

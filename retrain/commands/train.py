@@ -46,4 +46,11 @@ def main(argv: list[str]) -> int:
     resolved = resolve_config(args.config or DEFAULT_CONFIG, args.overrides)
     from retrain.run import run_training
 
-    return run_training(resolved)
+    summary = run_training(resolved)
+    row = summary.last_row
+    print(f"finished {summary.steps} steps: reward_mean {row.get('reward_mean', float('nan')):.3f}, "
+          f"correct_rate {row.get('correct_rate', float('nan')):.3f}")
+    print(f"  adapter:  {summary.final_adapter}")
+    print(f"  logs:     {summary.log_dir}")
+    print(f"  metrics:  {summary.log_dir / 'metrics.jsonl'}")
+    return 0

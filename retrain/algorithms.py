@@ -1,0 +1,69 @@
+"""Whole-pipeline algorithms: named recipes and the contract of algorithm plugins.
+
+``[algorithm] algorithm_mode`` selects the whole credit pipeline at once. A built-in name
+is a recipe ``<advantage>_<transform>`` (``grpo_none``, ``maxrl_gtpo``,
+``maxrl_gtpo_hicra``, ``maxrl_gtpo_sepa``, ...): the pipeline is then built exactly as if
+``advantage_mode`` and ``transform_mode`` had been set to those two names.
+
+A dotted path names an algorithm plugin instead, a function
+``f(ctx: AlgorithmContext, params) -> AlgorithmOutput`` that replaces the advantage and
+transform stages (the configured uncertainty is still computed and handed to it, the
+SEPA schedule still runs, and its outputs are validated like any plugin's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from retrain import registry_names
+from retrain.types import SampleBatch
+
+
+class Recipe:
+    """A built-in algorithm: one advantage and one transform, both built-ins."""
+
+    def __init__(self, name: str) -> None:
+        if name not in registry_names.ALGORITHM_RECIPES:
+            raise ValueError(f"unknown algorithm recipe {name!r}")
+        self.name = name
+        self.advantage, self.transform = registry_names.ALGORITHM_RECIPES[name]
+
+
+@dataclass(frozen=True)
+class AlgorithmContext:
+    """Everything an algorithm plugin sees for one step.
+
+    ``rewards_P_G`` are the rewards per prompt and completion; ``uncertainty_N_T`` is the
+    configured uncertainty signal (0 on padding); ``planning_N_T`` marks planning tokens
+    (all False unless the plugin registered ``needs_planning=True``); ``sepa_lambda`` is
+    this step's SEPA schedule value.
+    """
+
+    rewards_P_G: np.ndarray
+    uncertainty_N_T: np.ndarray
+    mask_N_T: np.ndarray
+    planning_N_T: np.ndarray
+    step: int
+    sepa_lambda: float
+    batch: SampleBatch
+
+    @property
+    def group_size(self) -> int:
+        return int(self.rewards_P_G.shape[1])
+
+
+@dataclass(frozen=True)
+class AlgorithmOutput:
+    """What an algorithm plugin returns.
+
+    ``episode_advantages`` is ``[P, G]`` (or flat ``[N]``); ``token_advantages`` is padded
+    ``[N, T]`` or a list of N per-completion arrays; ``uncertainty_N_T`` optionally
+    reports the signal the plugin finally used; ``metrics`` are added to the step's log.
+    """
+
+    episode_advantages: np.ndarray
+    token_advantages: object
+    uncertainty_N_T: np.ndarray | None = None
+    metrics: dict[str, float] = field(default_factory=dict)

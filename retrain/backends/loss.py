@@ -1,0 +1,86 @@
+"""The token-level policy-gradient loss of the local backend.
+
+For completion ``i`` and token ``t`` with advantage ``A_it`` and real-token mask
+``m_it``, the importance ratio between the policy being trained and the sampler is
+
+    rho_it = exp(log pi_theta(y_it) - log mu(y_it)),
+
+both log-probabilities taken under the same temperature ``tau`` (``softmax(z / tau)``
+over the full vocabulary), so ``rho = 1`` exactly while the weights have not moved since
+sampling. The loss is the mean over all ``M = sum m_it`` trained tokens of the batch:
+
+    L = -(1/M) sum_it m_it rho_it A_it                                   (no clipping)
+    L = -(1/M) sum_it m_it min(rho_it A_it, clip(rho_it, 1-eps, 1+eps_high) A_it)
+
+The clipped form is PPO's surrogate (Schulman et al., 2017, "Proximal Policy
+Optimization Algorithms") with a separate upper bound as in DAPO's clip-higher (Yu et
+al., 2025). Since ``grad rho = rho grad log pi``, on-policy the gradient is REINFORCE's
+``-(1/M) sum m A grad log pi``. Everything works on padded ``[N, T]`` tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LossStats:
+    """Sums over the trained tokens of one chunk, combined across micro-batches."""
+
+    ratio_sum: float = 0.0
+    ratio_max: float = 0.0
+    clipped_tokens: float = 0.0
+    tokens: float = 0.0
+
+    def add(self, other: LossStats) -> None:
+        self.ratio_sum += other.ratio_sum
+        self.ratio_max = max(self.ratio_max, other.ratio_max)
+        self.clipped_tokens += other.clipped_tokens
+        self.tokens += other.tokens
+
+
+def token_logprobs(logits_N_T_V: torch.Tensor, token_ids_N_T: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``log softmax(logits / temperature)`` at each token, in float32 ([N, T])."""
+    scaled = logits_N_T_V.float() / temperature
+    chosen = scaled.gather(-1, token_ids_N_T.unsqueeze(-1)).squeeze(-1)
+    return chosen - torch.logsumexp(scaled, dim=-1)
+
+
+def policy_gradient_loss(
+    logp_N_T: torch.Tensor,
+    sampler_logp_N_T: torch.Tensor,
+    advantages_N_T: torch.Tensor,
+    mask_N_T: torch.Tensor,
+    num_tokens: float,
+    clip_eps: float = 0.0,
+    clip_eps_high: float = 0.0,
+) -> tuple[torch.Tensor, LossStats]:
+    """This chunk's share of the batch loss: its masked sum divided by ``num_tokens`` (the
+    batch's ``M``), so the chunks of a micro-batched step add up to the batch mean.
+
+    ``clip_eps = 0`` turns clipping off; ``clip_eps_high = 0`` means the same as ``clip_eps``.
+    """
+    mask = mask_N_T.to(logp_N_T.dtype)
+    # Padding may hold any value; zero the log-ratio there so exp cannot overflow into NaN.
+    log_ratio = torch.where(mask_N_T, logp_N_T - sampler_logp_N_T, torch.zeros_like(logp_N_T))
+    ratio = torch.exp(log_ratio)
+    objective = ratio * advantages_N_T
+    clipped = torch.zeros_like(mask_N_T)
+    if clip_eps > 0:
+        upper = clip_eps_high if clip_eps_high > 0 else clip_eps
+        clipped_objective = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + upper) * advantages_N_T
+        clipped = (clipped_objective < objective) & mask_N_T
+        objective = torch.minimum(objective, clipped_objective)
+    loss = -(objective * mask).sum() / num_tokens
+    with torch.no_grad():
+        ratio_detached = ratio.detach()
+        # One device-to-host transfer for all four numbers.
+        ratio_sum, ratio_max, clipped_tokens, tokens = torch.stack([
+            (ratio_detached * mask).sum(),
+            torch.where(mask_N_T, ratio_detached, torch.zeros_like(ratio_detached)).max(),
+            clipped.sum().to(ratio_detached.dtype),
+            mask.sum(),
+        ]).tolist()
+    return loss, LossStats(ratio_sum, ratio_max, clipped_tokens, tokens)

@@ -1,0 +1,680 @@
+"""The plugin registry: one way to turn a configured name into the object that runs.
+
+Every kind (advantage, transform, uncertainty, algorithm, reward, data, planning,
+backend, engine) has a literal table of built-ins in ``retrain.registry_names`` mapping
+a name to ``"module:attr"``; a built-in's module is imported only when it is resolved,
+so listing or checking names never pulls in torch.
+
+Any other name must be a dotted path ``pkg.module.attr``. The module is looked up:
+
+1. in each ``[plugins] search_paths`` entry, in order: an entry naming an existing
+   directory (relative to the config file's folder, then the working directory) is
+   searched for ``pkg`` directly (no reliance on the working directory being on
+   ``sys.path``); any other entry is a module prefix, tried as ``<entry>.pkg.module``;
+2. then by a plain ``import pkg.module``.
+
+Failures raise a ``PluginError`` subclass whose type and message say which of these
+happened: the module was not found (``PluginNotFoundError``), it has no such attribute
+(``PluginAttributeError``), the object has the wrong shape for its kind
+(``PluginSignatureError``), or importing it failed on the plugin's own dependency or
+code (``PluginDependencyError``). A plugin may declare its kind, description and a
+dataclass of parameters with ``register`` (re-exported by ``retrain.plugin_api``);
+``check_params`` then type-checks the plugin's params table like any other config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib.machinery import ModuleSpec, PathFinder
+from pathlib import Path
+
+from retrain import registry_names
+from retrain.config.schema import PluginsConfig
+from retrain.errors import ConfigError, ConfigIssue, PluginError
+
+KINDS: tuple[str, ...] = tuple(registry_names.BUILTINS)
+BUILTIN_ORIGIN = "built-in"
+PLUGIN_ATTRIBUTE = "__retrain_plugin__"
+
+
+class PluginNotFoundError(PluginError):
+    """The plugin's module exists in none of the search paths nor on the Python path."""
+
+
+class PluginAttributeError(PluginError):
+    """The module was imported but has no attribute of that name."""
+
+
+class PluginSignatureError(PluginError):
+    """The object does not have the call signature or methods its kind requires."""
+
+
+class PluginDependencyError(PluginError):
+    """Importing the plugin's module failed inside the plugin (its own import or code)."""
+
+
+class PluginOutputError(PluginError):
+    """A plugin returned output of the wrong shape or with non-finite values."""
+
+
+# ---------------------------------------------------------------------------------------
+# Declaring plugins
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """What a plugin declares about itself through ``register``."""
+
+    kind: str
+    params: type | None = None
+    description: str = ""
+    needs_planning: bool = False
+    needs_entropies: bool = False
+
+
+def register(
+    kind: str,
+    *,
+    params: type | None = None,
+    description: str = "",
+    needs_planning: bool = False,
+    needs_entropies: bool = False,
+) -> Callable[[typing.Any], typing.Any]:
+    """Decorator declaring a plugin's kind, parameters and needs.
+
+    ``params`` is a dataclass; the plugin's params table is checked against its fields
+    (types, unknown keys, missing required values) when the run is built, and the plugin
+    receives an instance instead of a plain mapping. ``needs_planning`` asks the run to
+    compute the planning mask; ``needs_entropies`` asks the engine for per-token
+    entropies.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown plugin kind {kind!r}; kinds are {', '.join(KINDS)}")
+    if params is not None and not (isinstance(params, type) and dataclasses.is_dataclass(params)):
+        raise TypeError(f"params must be a dataclass type, got {params!r}")
+
+    def decorate(obj: typing.Any) -> typing.Any:
+        description_text = description or _first_line(inspect.getdoc(obj))
+        spec = PluginSpec(kind, params, description_text, needs_planning, needs_entropies)
+        setattr(obj, PLUGIN_ATTRIBUTE, spec)
+        return obj
+
+    return decorate
+
+
+def plugin_spec(obj: object) -> PluginSpec | None:
+    """The ``PluginSpec`` an object was registered with, if any."""
+    spec = getattr(obj, PLUGIN_ATTRIBUTE, None)
+    return spec if isinstance(spec, PluginSpec) else None
+
+
+def _first_line(text: str | None) -> str:
+    return text.strip().splitlines()[0].strip() if text and text.strip() else ""
+
+
+# ---------------------------------------------------------------------------------------
+# Built-in descriptions (for `retrain plugins` and `retrain explain`; no imports needed)
+
+BUILTIN_DESCRIPTIONS: dict[str, dict[str, tuple[str, str]]] = {
+    "advantage": {
+        "grpo": ("GRPO: A = r - mean(r) per group", ""),
+        "maxrl": ("MaxRL: A = (r - mean) / (mean + 1e-6), 0 when mean <= 1e-6", ""),
+    },
+    "transform": {
+        "none": ("every token gets the episode advantage", ""),
+        "gtpo": ("GTPO uncertainty weighting", "[gtpo] beta"),
+        "hicra": ("HICRA planning-token amplification", "[hicra] alpha"),
+        "gtpo_hicra": ("GTPO weighting, then HICRA amplification", "[gtpo] beta, [hicra] alpha"),
+        "gtpo_sepa": ("SEPA pooling, then GTPO weighting", "[gtpo] beta, [sepa] *"),
+        "gtpo_sepa_hicra": ("SEPA pooling, GTPO weighting, then HICRA", "[gtpo] beta, [hicra] alpha, [sepa] *"),
+    },
+    "uncertainty": {
+        "surprisal": ("min(-logprob, 50) of the sampled token", ""),
+        "predictive_variance": ("p (1 - p) with p the sampled token's probability", ""),
+        "shannon_entropy": ("entropy of the full next-token distribution (in-process engine only)", ""),
+    },
+    "algorithm": {
+        name: (f"recipe: advantage {advantage} + transform {transform}", "as the advantage and transform")
+        for name, (advantage, transform) in registry_names.ALGORITHM_RECIPES.items()
+    },
+    "reward": {
+        "match": ("final answer equals the reference after light normalisation", ""),
+        "math": ("symbolic equivalence of the final answer (math-verify)", ""),
+        "judge": ("an LLM judge over an OpenAI-compatible API", "[reward] judge_model"),
+        "custom": ("your function: [reward] custom_module / custom_function", "[reward] custom_*"),
+    },
+    "data": {
+        "math": ("hendrycks MATH problems (hub or a local copy)", "[data] path, split"),
+        "arithmetic": ("seeded small arithmetic prompts, fully offline", ""),
+        "jsonl": ("a JSONL file of prompt/answer objects", "[data] path"),
+    },
+    "planning": {
+        "regex": ("strategic-gram regex mapped to tokens by character spans", "[logging] strategic_grams"),
+        "semantic": ("sentence-transformers similarity to planning sentences", "[planning] model, threshold"),
+    },
+    "backend": {
+        "local": ("PyTorch + PEFT LoRA on this machine", "[backend.options] gradient_checkpointing, micro_batch_size"),
+        "tinker": ("remote training with the Tinker service", "[backend.options] api_key, loss_fn, timeout_s"),
+        "prime_rl": ("batches sent to an external PRIME-RL trainer", "[backend.options] transport, zmq_*, sync_*"),
+    },
+    "engine": {
+        "pytorch": ("in-process sampling with the training model", "[inference] attention_kernel, dtype, ..."),
+        "vllm": ("a vLLM server (OpenAI-compatible API)", "[inference] url"),
+        "sglang": ("an SGLang server", "[inference] url"),
+        "openai": ("any OpenAI-compatible server", "[inference] url"),
+        "max": ("a Modular MAX server", "[inference] url"),
+        "mlx": ("an mlx-lm server", "[inference] url"),
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------
+# The contract of each kind, checked when a dotted-path plugin is loaded
+
+@dataclass(frozen=True)
+class KindContract:
+    """How the runtime calls objects of one kind."""
+
+    shape: str  # "function": called per step; "class": constructed with the config
+    arguments: int
+    methods: dict[str, int]
+    signature: str
+
+
+CONTRACTS: dict[str, KindContract] = {
+    "advantage": KindContract("function", 2, {}, "def f(rewards_P_G: np.ndarray, params) -> np.ndarray  # [P, G]"),
+    "uncertainty": KindContract("function", 1, {}, "def f(batch: SampleBatch) -> np.ndarray  # [N, T]"),
+    "transform": KindContract(
+        "function", 2, {}, "def f(ctx: TransformContext, params) -> np.ndarray | TransformOutput  # [N, T]"
+    ),
+    "algorithm": KindContract("function", 2, {}, "def f(ctx: AlgorithmContext, params) -> AlgorithmOutput"),
+    "reward": KindContract("callable", 0, {}, "see [reward] custom_module / custom_function"),
+    "data": KindContract("class", 1, {"examples": 0}, "class S: __init__(self, config); examples(self) -> list[Example]"),
+    "planning": KindContract(
+        "class", 1, {"detect": 2},
+        "class D: __init__(self, config); detect(self, texts, token_char_spans) -> np.ndarray  # bool [N, T]",
+    ),
+    "backend": KindContract(
+        "class", 1,
+        {"train_step": 1, "save_adapter": 1, "save_state": 1, "load_state": 1, "engine": 0,
+         "sync_engine_weights": 0, "shutdown": 0},
+        "class B: __init__(self, config); capabilities; train_step(batch) -> TrainResult; save_adapter(path); "
+        "save_state(directory); load_state(directory); engine(); sync_engine_weights() -> int; shutdown()",
+    ),
+    "engine": KindContract(
+        "class", 1, {"generate": 5, "load_adapter": 2},
+        "class E: __init__(self, config); generate(prompt_token_ids, n, max_tokens, temperature, top_p, "
+        "want_entropies=False) -> SampleBatch; load_adapter(path, version)",
+    ),
+}
+
+
+def _binds(func: object, count: int) -> bool:
+    try:
+        signature = inspect.signature(func)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return True  # builtins without introspectable signatures: the call itself will tell
+    try:
+        signature.bind(*([None] * count))
+    except TypeError:
+        return False
+    return True
+
+
+def check_shape(kind: str, name: str, obj: object, origin: str) -> None:
+    """Raise ``PluginSignatureError`` unless ``obj`` fits the contract of ``kind``."""
+    contract = CONTRACTS[kind]
+    where = f"{kind} plugin '{name}' ({origin})"
+    expected = f"expected: {contract.signature}"
+    spec = plugin_spec(obj)
+    if spec is not None and spec.kind != kind:
+        raise PluginSignatureError(f"{where} is registered as a {spec.kind} plugin, not a {kind} plugin; {expected}")
+    if not callable(obj):
+        raise PluginSignatureError(f"{where} is a {type(obj).__name__}, not callable; {expected}")
+    if contract.shape == "callable":
+        return
+    if contract.shape == "function" and isinstance(obj, type):
+        raise PluginSignatureError(f"{where} is a class; {expected}")
+    if not _binds(obj, contract.arguments):
+        raise PluginSignatureError(f"{where} has the signature {name.rsplit('.', 1)[-1]}{_signature_text(obj)}; {expected}")
+    if contract.shape == "class" and isinstance(obj, type):
+        for method, arguments in contract.methods.items():
+            function = getattr(obj, method, None)
+            if not callable(function):
+                raise PluginSignatureError(f"{where} has no method {method}(); {expected}")
+            if not _binds(function, arguments + 1):  # + self: looked up on the class
+                raise PluginSignatureError(
+                    f"{where}: {method}{_signature_text(function)} takes the wrong arguments; {expected}"
+                )
+
+
+def _signature_text(obj: object) -> str:
+    try:
+        return str(inspect.signature(obj))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+# ---------------------------------------------------------------------------------------
+# Resolution
+
+
+@dataclass(frozen=True)
+class ResolvedPlugin:
+    """A loaded plugin: the object, where it came from, and what it declared."""
+
+    kind: str
+    name: str
+    obj: typing.Any
+    origin: str
+    spec: PluginSpec | None = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.origin == BUILTIN_ORIGIN
+
+
+@dataclass(frozen=True)
+class SearchLocation:
+    """One ``[plugins] search_paths`` entry as resolved: a directory or a module prefix."""
+
+    entry: str
+    directory: Path | None
+    prefix: str | None
+
+    def describe(self) -> str:
+        if self.directory is not None:
+            return str(self.directory)
+        if self.prefix is not None:
+            return f"{self.entry} (no such directory; tried as a module prefix)"
+        return f"{self.entry} (no such directory)"
+
+
+def search_locations(plugins: PluginsConfig, base_dir: Path | None = None) -> list[SearchLocation]:
+    """Resolve ``search_paths``: directories relative to ``base_dir`` then the working
+    directory; other dotted entries are module prefixes."""
+    locations = []
+    for entry in plugins.search_paths:
+        path = Path(os.path.expanduser(entry))
+        candidates = [path] if path.is_absolute() else [base / path for base in (base_dir, Path.cwd()) if base is not None]
+        directory = next((candidate.resolve() for candidate in candidates if candidate.is_dir()), None)
+        is_prefix = directory is None and registry_names.is_dotted_path(entry + ".x")
+        locations.append(SearchLocation(entry, directory, entry if is_prefix else None))
+    return locations
+
+
+def resolve(kind: str, name: str, plugins: PluginsConfig, base_dir: Path | None = None) -> ResolvedPlugin:
+    """Load the object a configured name stands for (a built-in or a dotted-path plugin)."""
+    if kind not in registry_names.BUILTINS:
+        raise ValueError(f"unknown plugin kind {kind!r}; kinds are {', '.join(KINDS)}")
+    builtins = registry_names.BUILTINS[kind]
+    if name in builtins:
+        return ResolvedPlugin(kind, name, _load_builtin(kind, name, builtins[name]), BUILTIN_ORIGIN)
+    if not registry_names.is_dotted_path(name):
+        listed = ", ".join(builtins)
+        hint = _suggest(name, builtins)
+        raise PluginNotFoundError(
+            f"{kind} '{name}' is neither a built-in ({listed}) nor a dotted path to a plugin (pkg.module.attr)"
+            f"{hint}"
+        )
+    module_name, _, attribute = name.rpartition(".")
+    locations = search_locations(plugins, base_dir)
+    module = _import_plugin_module(kind, name, module_name, locations)
+    origin_file = getattr(module, "__file__", None) or module_name
+    if not hasattr(module, attribute):
+        public = [item for item in dir(module) if not item.startswith("_")]
+        raise PluginAttributeError(
+            f"{kind} plugin '{name}': module '{module_name}' ({origin_file}) has no attribute '{attribute}'"
+            f"{_suggest(attribute, public) or '; it defines: ' + (', '.join(public[:12]) or 'nothing public')}"
+        )
+    obj = getattr(module, attribute)
+    origin = f"plugin {name} from {origin_file}"
+    check_shape(kind, name, obj, origin)
+    return ResolvedPlugin(kind, name, obj, origin, plugin_spec(obj))
+
+
+def _suggest(word: str, candidates: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" — did you mean '{close[0]}'?" if close else ""
+
+
+def _load_builtin(kind: str, name: str, target: str) -> object:
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise  # retrain itself is incomplete: a bug, not a user error
+        raise PluginDependencyError(
+            f"the built-in {kind} '{name}' needs the package '{exc.name}', which is not installed — install "
+            f"retrain with the matching extra (e.g. `pip install 'retrain[local]'`)"
+        ) from exc
+    return getattr(module, attribute)
+
+
+# Top-level module name -> the search directory it was loaded from, so the same name
+# found in another search directory later replaces it instead of silently reusing it.
+_LOADED_FROM: dict[str, Path] = {}
+
+
+def _import_plugin_module(kind: str, name: str, module_name: str, locations: list[SearchLocation]) -> types.ModuleType:
+    for location in locations:
+        if location.directory is not None:
+            module = import_from_directory(module_name, location.directory, f"{kind} plugin '{name}'")
+        elif location.prefix is not None:
+            module = _import_or_none(f"{location.prefix}.{module_name}", f"{kind} plugin '{name}'")
+        else:
+            continue
+        if module is not None:
+            return module
+    module = _import_or_none(module_name, f"{kind} plugin '{name}'")
+    if module is not None:
+        return module
+    searched = "; ".join(location.describe() for location in locations) or "no search paths"
+    raise PluginNotFoundError(
+        f"{kind} plugin '{name}': module '{module_name}' not found (searched: {searched}; then the Python path) — "
+        f"check the spelling, or add the directory holding {module_name.split('.')[0]} to [plugins] search_paths"
+    )
+
+
+def _is_missing(exc: ModuleNotFoundError, module_name: str) -> bool:
+    """True when ``exc`` says ``module_name`` (or a parent package of it) does not exist."""
+    parts = module_name.split(".")
+    return exc.name in {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
+def _dependency_error(what: str, module_name: str, exc: BaseException) -> PluginDependencyError:
+    if isinstance(exc, ImportError):
+        missing = getattr(exc, "name", None)
+        detail = f"its own import of '{missing}' failed" if missing else "an import inside it failed"
+        return PluginDependencyError(
+            f"{what}: importing module '{module_name}' failed because {detail} ({exc}) — install the package the "
+            f"plugin needs or fix the import in the plugin"
+        )
+    location = ""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        location = f" at {exc.filename}:{exc.lineno}"
+    return PluginDependencyError(
+        f"{what}: importing module '{module_name}' raised {type(exc).__name__}{location}: {exc} — fix the plugin's code"
+    )
+
+
+def _import_or_none(module_name: str, what: str) -> types.ModuleType | None:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if _is_missing(exc, module_name):
+            return None
+        raise _dependency_error(what, module_name, exc) from exc
+    except Exception as exc:
+        raise _dependency_error(what, module_name, exc) from exc
+
+
+def _loaded_origin(module: types.ModuleType) -> tuple[str | None, tuple[str, ...]]:
+    spec = getattr(module, "__spec__", None)
+    locations = tuple(getattr(module, "__path__", ()) or ())
+    return (spec.origin if spec is not None else None), locations
+
+
+def _same_module(module: types.ModuleType, spec: ModuleSpec) -> bool:
+    origin, locations = _loaded_origin(module)
+    if spec.origin not in (None, "namespace") and origin == spec.origin:
+        return True
+    return bool(spec.submodule_search_locations) and set(locations) == set(spec.submodule_search_locations or ())
+
+
+def import_from_directory(module_name: str, directory: Path, what: str) -> types.ModuleType | None:
+    """Import ``module_name`` from ``directory`` itself (None when it is not there).
+
+    The top-level module is loaded from its file in ``directory`` and registered in
+    ``sys.modules``; submodules then import through the package as usual. The
+    directory is also appended to ``sys.path`` so the plugin's own sibling imports work.
+    """
+    top = module_name.split(".")[0]
+    spec = PathFinder.find_spec(top, [str(directory)])
+    if spec is None or spec.loader is None and not spec.submodule_search_locations:
+        return None
+    existing = sys.modules.get(top)
+    if existing is not None and not _same_module(existing, spec):
+        if top not in _LOADED_FROM:
+            origin, _ = _loaded_origin(existing)
+            raise PluginDependencyError(
+                f"{what}: the plugin module '{top}' in {directory} has the same name as the already imported "
+                f"module '{top}' ({origin or 'built into Python'}) — rename the plugin file"
+            )
+        for loaded in [key for key in sys.modules if key == top or key.startswith(top + ".")]:
+            del sys.modules[loaded]
+        existing = None
+    if existing is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[top] = module
+        try:
+            if spec.loader is not None:
+                spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[top]
+            raise _dependency_error(what, top, exc) from exc
+        _LOADED_FROM[top] = directory
+    if str(directory) not in sys.path:
+        sys.path.append(str(directory))
+    if module_name == top:
+        return sys.modules[top]
+    return _import_or_none(module_name, what)
+
+
+# ---------------------------------------------------------------------------------------
+# Parameters
+
+
+def check_params(
+    resolved: ResolvedPlugin, params: Mapping[str, object], section: str
+) -> object:
+    """The value a plugin receives for its params table.
+
+    A plugin registered with a ``params`` dataclass gets an instance of it, built from
+    the table after checking every key and type (all problems reported together as a
+    ``ConfigError`` under ``[section]``); any other plugin gets a read-only mapping.
+    Built-ins take no params table: a non-empty one is an error.
+    """
+    if resolved.builtin:
+        if params:
+            raise ConfigError(ConfigIssue(
+                "", section, next(iter(params)),
+                f"the built-in {resolved.kind} '{resolved.name}' takes no parameters table",
+                "remove the table; built-ins read their own sections (e.g. [gtpo] beta, [hicra] alpha)",
+            ))
+        return types.MappingProxyType({})
+    declared = resolved.spec.params if resolved.spec is not None else None
+    if declared is None:
+        return types.MappingProxyType(dict(params))
+    return build_params(declared, params, section, resolved.name)
+
+
+def build_params(declared: type, params: Mapping[str, object], section: str, plugin_name: str) -> object:
+    """Check ``params`` against the dataclass ``declared`` and build it."""
+    fields = {f.name: f for f in dataclasses.fields(declared) if f.init}
+    hints = typing.get_type_hints(declared)
+    issues = []
+    for key, value in params.items():
+        if key not in fields:
+            hint = _suggest(key, fields)
+            known = ", ".join(fields) or "none"
+            issues.append(ConfigIssue("", section, key, f"'{plugin_name}' has no parameter '{key}'",
+                                      hint.removeprefix(" — ") if hint else f"its parameters are: {known}"))
+            continue
+        problem = type_problem(hints[key], value)
+        if problem is None:
+            problem = bounds_problem(fields[key], value)
+        if problem is not None:
+            issues.append(ConfigIssue("", section, key, problem[0], problem[1]))
+    for key, f in fields.items():
+        if key not in params and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            issues.append(ConfigIssue("", section, key, f"'{plugin_name}' requires this parameter",
+                                      f"set {key} in [{section}]"))
+    if issues:
+        raise ConfigError(issues)
+    values = {key: (float(value) if hints[key] is float and isinstance(value, int) else value)
+              for key, value in params.items()}
+    try:
+        return declared(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(ConfigIssue("", section, "", f"'{plugin_name}' rejected its parameters: {exc}",
+                                      "fix the values in the table")) from exc
+
+
+def _type_name(declared: object) -> str:
+    if isinstance(declared, type):
+        return declared.__name__
+    return str(declared).replace("typing.", "")
+
+
+def type_problem(declared: object, value: object) -> tuple[str, str] | None:
+    """(problem, fix) when ``value`` (as read from TOML) does not fit ``declared``."""
+    if _fits(declared, value):
+        return None
+    return (f"expected {_type_name(declared)}, got {type(value).__name__} {value!r}"[:160],
+            f"write a value of type {_type_name(declared)}")
+
+
+def _fits(declared: object, value: object) -> bool:
+    if declared is typing.Any or declared is object:
+        return True
+    if declared is bool:
+        return isinstance(value, bool)
+    if declared is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if declared is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if declared is str:
+        return isinstance(value, str)
+    origin = typing.get_origin(declared)
+    arguments = typing.get_args(declared)
+    if origin is typing.Literal:
+        return any(value == choice and type(value) is type(choice) for choice in arguments)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(argument, value) for argument in arguments)
+    if declared is type(None):
+        return value is None
+    if origin is list or declared is list:
+        return isinstance(value, list) and all(_fits(arguments[0], item) for item in value) if arguments else isinstance(value, list)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(arguments) == 2 and arguments[1] is Ellipsis:
+            return all(_fits(arguments[0], item) for item in value)
+        return len(arguments) == len(value) and all(_fits(a, item) for a, item in zip(arguments, value))
+    if origin is dict or declared is dict:
+        if not isinstance(value, dict):
+            return False
+        return all(_fits(arguments[1], item) for item in value.values()) if arguments else True
+    raise PluginSignatureError(
+        f"parameter type {_type_name(declared)} is not supported in a plugin params dataclass; "
+        "use bool, int, float, str, Literal[...], list[...], tuple[...], dict[str, ...] or X | None"
+    )
+
+
+def bounds_problem(declared_field: dataclasses.Field, value: object) -> tuple[str, str] | None:  # type: ignore[type-arg]
+    """Bounds declared with ``retrain.plugin_api.setting(..., ge=, gt=, le=, lt=, choices=)``."""
+    meta = declared_field.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        listed = ", ".join(repr(choice) for choice in meta["choices"])
+        return (f"{value!r} is not a valid choice", f"choose one of {listed}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    checks = (("ge", lambda bound: value >= bound, ">="), ("gt", lambda bound: value > bound, ">"),
+              ("le", lambda bound: value <= bound, "<="), ("lt", lambda bound: value < bound, "<"))
+    for key, holds, symbol in checks:
+        bound = meta.get(key)
+        if bound is not None and not holds(bound):
+            return (f"{value} is out of range", f"use a value {symbol} {bound:g}")
+    return None
+
+
+def describe_params(declared: type | None) -> list[dict[str, object]]:
+    """The declared parameters of a plugin: name, type, default and help."""
+    if declared is None:
+        return []
+    hints = typing.get_type_hints(declared)
+    described = []
+    for f in dataclasses.fields(declared):
+        if f.default is not dataclasses.MISSING:
+            default: object = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        described.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default,
+                          "help": f.metadata.get("help", "")})
+    return described
+
+
+# ---------------------------------------------------------------------------------------
+# Discovery (for `retrain plugins`)
+
+
+@dataclass(frozen=True)
+class DiscoveredPlugin:
+    name: str
+    kind: str
+    description: str
+    params: list[dict[str, object]]
+
+
+@dataclass(frozen=True)
+class DiscoveredModule:
+    module: str
+    file: str
+    status: str  # "ok" or "error"
+    error: str
+    plugins: list[DiscoveredPlugin]
+
+
+def discover(plugins: PluginsConfig, base_dir: Path | None = None) -> list[DiscoveredModule]:
+    """Import every module found in the search-path directories and list its plugins.
+
+    Registered objects (see ``register``) are listed with their kind; a module that
+    fails to import is listed with the error instead.
+    """
+    found = []
+    for location in search_locations(plugins, base_dir):
+        if location.directory is None:
+            continue
+        for path in sorted(location.directory.iterdir()):
+            if path.name.startswith(("_", ".")) or path.name.startswith("test_"):
+                continue
+            if path.suffix == ".py":
+                module_name = path.stem
+            elif path.is_dir() and (path / "__init__.py").is_file():
+                module_name = path.name
+            else:
+                continue
+            if not module_name.isidentifier():
+                continue
+            found.append(_discover_module(module_name, path, location.directory))
+    return found
+
+
+def _discover_module(module_name: str, path: Path, directory: Path) -> DiscoveredModule:
+    try:
+        module = import_from_directory(module_name, directory, f"plugin module '{module_name}'")
+    except PluginError as exc:
+        return DiscoveredModule(module_name, str(path), "error", str(exc), [])
+    assert module is not None
+    listed = []
+    for attribute, obj in sorted(vars(module).items()):
+        spec = plugin_spec(obj)
+        if spec is None or getattr(obj, "__module__", module_name) != module_name:
+            continue
+        listed.append(DiscoveredPlugin(f"{module_name}.{attribute}", spec.kind, spec.description,
+                                       describe_params(spec.params)))
+    return DiscoveredModule(module_name, str(path), "ok", "", listed)

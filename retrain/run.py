@@ -1,0 +1,304 @@
+"""A training run: resolve every component, then loop RL steps with checkpoints and logs.
+
+``plan_run`` resolves every plugin and checks every combination without loading a model
+(``retrain explain`` prints the plan); ``build_run`` then builds the heavy parts;
+``train`` loops ``rl_step`` (retrain/step.py), writes one metrics row per step and a
+checkpoint every ``save_every`` steps and at the end.
+
+On disk (DESIGN §7), all in ``[logging] log_dir``: ``config.toml`` (the resolved config,
+secrets blanked), ``metrics.jsonl``, ``generations.jsonl``, ``trainer_state.json`` (the
+commit point of a checkpoint) and ``checkpoints/step_N/`` (backend state); adapters go
+to ``[backend] adapter_path``/``checkpoint_step_N`` and ``final``. A checkpoint's pieces
+are written first and ``trainer_state.json`` last, atomically, so a run killed at any
+moment resumes from the last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from retrain.atomic import write_atomic
+from retrain.config.loader import ResolvedConfig, replace_setting
+from retrain.config.schema import Config
+from retrain.config.snapshot import write_snapshot
+from retrain.errors import RetrainError
+from retrain.registry import resolve
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+CONFIG_FILE = "config.toml"
+STATE_VERSION = 1
+
+
+@dataclass
+class RunPlan:
+    """Every component of a run, resolved (where each came from) but not yet built."""
+
+    resolved: ResolvedConfig
+    config: Config
+    base_dir: Path
+    components: dict[str, dict[str, str]]
+    credit: object  # retrain.credit.CreditPipeline
+
+    def describe(self) -> dict[str, object]:
+        return {"components": self.components, "credit": self.credit.describe()}  # type: ignore[attr-defined]
+
+
+def config_base_dir(resolved: ResolvedConfig) -> Path:
+    """Relative plugin search paths are resolved from the config file's folder."""
+    return resolved.path.resolve().parent if resolved.path else Path.cwd()
+
+
+def plan_run(resolved: ResolvedConfig) -> RunPlan:
+    """Resolve and check everything a run needs, loading no model and touching no server."""
+    from retrain.credit import build_credit_pipeline
+
+    config = resolved.config
+    base_dir = config_base_dir(resolved)
+    components: dict[str, dict[str, str]] = {}
+    for kind, name in (("backend", config.backend.backend), ("engine", config.inference.engine),
+                       ("data", config.data.source), ("reward", config.reward.type)):
+        plugin = resolve(kind, name, config.plugins, base_dir)
+        components[kind] = {"name": name, "origin": plugin.origin}
+    credit = build_credit_pipeline(config, base_dir)
+    credit.probe()
+    if credit.needs_planning:
+        plugin = resolve("planning", config.planning.detector, config.plugins, base_dir)
+        components["planning"] = {"name": config.planning.detector, "origin": plugin.origin}
+    return RunPlan(resolved, config, base_dir, components, credit)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+class NoPlanning:
+    """Used when no stage reads the planning mask: every token is an execution token."""
+
+    def detect(self, texts: list[str], token_char_spans: list[list[tuple[int, int]]] | None) -> np.ndarray:
+        width = max((len(spans) for spans in token_char_spans or []), default=0)
+        return np.zeros((len(texts), width), dtype=bool)
+
+
+@dataclass
+class Run:
+    config: Config
+    log_dir: Path
+    adapter_dir: Path
+    seed: int
+    backend: object
+    engine: object
+    collector: object
+    credit: object
+    planning: object
+    sinks: object
+    start_step: int = 1
+    resumed_from: Path | None = None
+    closers: list[object] = field(default_factory=list)
+
+
+def effective_seed(config: Config) -> int:
+    """``[training] seed``, or a fresh random one when it is -1 (recorded in the snapshot)."""
+    if config.training.seed >= 0:
+        return config.training.seed
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def seed_global_rngs(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def build_run(plan: RunPlan, resume_state: dict[str, object] | None = None) -> Run:
+    """Build the heavy components of a planned run (this loads the model)."""
+    from retrain.planning import build_planning_detector
+    from retrain.sampling import GroupCollector, PrefetchingCollector, RefillingCollector, SamplingSettings
+    from retrain.sinks import build_sinks
+    from retrain.data.stream import PromptStream
+    from retrain.config.rules import parse_devices
+
+    config = plan.config
+    seed = int(resume_state["seed"]) if resume_state else effective_seed(config)  # type: ignore[arg-type]
+    config = replace_setting(config, "training.seed", seed)
+    seed_global_rngs(seed)
+    base = plan.base_dir
+    data = resolve("data", config.data.source, config.plugins, base).obj(config)
+    reward = resolve("reward", config.reward.type, config.plugins, base).obj(config)
+    backend = resolve("backend", config.backend.backend, config.plugins, base).obj(config)
+    engine = backend.engine() if config.inference.engine == "pytorch" else \
+        resolve("engine", config.inference.engine, config.plugins, base).obj(config)
+    credit = plan.credit
+    planning = build_planning_detector(config, base) if credit.needs_planning else NoPlanning()  # type: ignore[attr-defined]
+    stream = PromptStream(data.examples(), seed, shuffle=config.data.shuffle)
+    tokenizer = backend.tokenizer
+
+    def encode(messages: tuple[dict[str, str], ...]) -> list[int]:
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    training = config.training
+    settings = SamplingSettings(training.batch_size, training.group_size, training.max_tokens, training.temperature,
+                                training.top_p, credit.needs_entropies)  # type: ignore[attr-defined]
+    collector: GroupCollector | RefillingCollector | PrefetchingCollector
+    if training.dynamic_sampling:
+        collector = RefillingCollector(stream, encode, engine, reward, settings,
+                                       max_rounds=training.dynamic_sampling_max_rounds)
+    else:
+        collector = GroupCollector(stream, encode, engine, reward, settings)
+    if len(parse_devices(config.backend.devices)) == 2:
+        collector = PrefetchingCollector(collector, last_step=training.max_steps)
+    log_dir = Path(config.logging.log_dir)
+    completed = int(resume_state["step"]) if resume_state else 0  # type: ignore[arg-type]
+    sinks = build_sinks(config, training.max_steps, completed=completed,
+                        wandb_run_id=str(resume_state.get("wandb_run_id")) if resume_state and resume_state.get("wandb_run_id") else None)
+    return Run(config=config, log_dir=log_dir, adapter_dir=Path(config.backend.adapter_path), seed=seed,
+               backend=backend, engine=engine, collector=collector, credit=credit, planning=planning, sinks=sinks,
+               start_step=completed + 1)
+
+
+# ---------------------------------------------------------------------------------------
+# checkpoints and resume
+
+
+def _rng_state() -> dict[str, object]:
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+    }
+
+
+def _restore_rng_state(state: dict[str, object]) -> None:
+    version, internal, gauss = state["python"]  # type: ignore[misc]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]  # type: ignore[misc]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+
+
+def save_checkpoint(run: Run, step: int, extra: dict[str, object]) -> Path:
+    """Write backend state, adapter and (last, atomically) ``trainer_state.json``."""
+    checkpoints = run.log_dir / "checkpoints"
+    final_dir = checkpoints / f"step_{step}"
+    staging = checkpoints / f".step_{step}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    run.backend.save_state(staging)  # type: ignore[attr-defined]
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.replace(staging, final_dir)
+    run.backend.save_adapter(run.adapter_dir / f"checkpoint_step_{step}")  # type: ignore[attr-defined]
+    state = {
+        "version": STATE_VERSION,
+        "step": step,
+        "seed": run.seed,
+        "checkpoint": str(final_dir.relative_to(run.log_dir)),
+        "data": run.collector.state_dict(),  # type: ignore[attr-defined]
+        "credit": run.credit.state_dict(),  # type: ignore[attr-defined]
+        "rng": _rng_state(),
+        **extra,
+    }
+    write_atomic(run.log_dir / STATE_FILE, json.dumps(state, indent=1))
+    for old in checkpoints.glob("step_*"):
+        if old != final_dir:
+            shutil.rmtree(old, ignore_errors=True)
+    return final_dir
+
+
+def read_trainer_state(log_dir: Path) -> dict[str, object]:
+    path = log_dir / STATE_FILE
+    if not path.is_file():
+        raise RetrainError(f"cannot resume: {path} does not exist — give the log_dir of a run that saved a checkpoint")
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RetrainError(f"cannot resume: {path} is not valid JSON ({exc.msg})") from exc
+    if state.get("version") != STATE_VERSION:
+        raise RetrainError(f"cannot resume: {path} was written by an incompatible retrain version")
+    return state
+
+
+def restore(run: Run, state: dict[str, object]) -> None:
+    run.backend.load_state(run.log_dir / str(state["checkpoint"]))  # type: ignore[attr-defined]
+    run.collector.load_state_dict(state["data"])  # type: ignore[attr-defined]
+    run.credit.load_state_dict(state["credit"])  # type: ignore[attr-defined]
+    _restore_rng_state(state["rng"])  # type: ignore[arg-type]
+    run.sinks.truncate_after(int(state["step"]))  # type: ignore[attr-defined,arg-type]
+
+
+# ---------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class RunSummary:
+    log_dir: Path
+    adapter_dir: Path
+    final_adapter: Path
+    steps: int
+    last_row: dict[str, object]
+
+
+def prepare_log_dir(config: Config, resuming: bool) -> Path:
+    log_dir = Path(config.logging.log_dir)
+    if not resuming and (log_dir / STATE_FILE).exists():
+        raise RetrainError(
+            f"{log_dir} already holds a run (it has {STATE_FILE}); nothing was changed — continue it with "
+            f"`--resume {log_dir}`, or choose another --log-dir"
+        )
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return log_dir
+
+
+def run_training(resolved: ResolvedConfig) -> RunSummary:
+    """Plan, build, (resume,) train and checkpoint a run."""
+    from retrain.metrics import metrics_row
+
+    config = resolved.config
+    resume_dir = Path(config.resume.from_) if config.resume.from_ else None
+    if resume_dir is not None and Path(config.logging.log_dir) != resume_dir:
+        logger.info("resuming into %s (the run's own log_dir)", resume_dir)
+        config = replace_setting(config, "logging.log_dir", str(resume_dir))
+        resolved = dataclasses.replace(resolved, config=config)
+    state = read_trainer_state(resume_dir) if resume_dir else None
+    plan = plan_run(resolved)
+    log_dir = prepare_log_dir(config, resuming=state is not None)
+    run = build_run(plan, state)
+    if state is None:
+        write_snapshot(run.config, log_dir / CONFIG_FILE)
+    else:
+        restore(run, state)
+    last_row: dict[str, object] = {}
+    skipped_updates = int(state.get("skipped_updates", 0)) if state else 0  # type: ignore[arg-type]
+    try:
+        from retrain.step import rl_step
+
+        max_steps = run.config.training.max_steps
+        save_every = run.config.training.save_every
+        for step in range(run.start_step, max_steps + 1):
+            started = time.perf_counter()
+            record = rl_step(run, step)
+            skipped_updates += int(record.train.skipped)
+            last_row = metrics_row(record, time.perf_counter() - started, skipped_updates)
+            run.sinks.log_step(last_row)  # type: ignore[attr-defined]
+            run.sinks.log_generations(step, record.collected.examples, record.collected.samples,  # type: ignore[attr-defined]
+                                      record.collected.rewards_P_G.reshape(-1))
+            if step == max_steps or (save_every and step % save_every == 0):
+                save_checkpoint(run, step, {"skipped_updates": skipped_updates})
+        final = run.adapter_dir / "final"
+        run.backend.save_adapter(final)  # type: ignore[attr-defined]
+    finally:
+        run.collector.close()  # type: ignore[attr-defined]
+        run.sinks.close()  # type: ignore[attr-defined]
+        run.backend.shutdown()  # type: ignore[attr-defined]
+    return RunSummary(log_dir, run.adapter_dir, final, max_steps, last_row)
+

@@ -1,0 +1,445 @@
+"""Where a run's per-step records go: JSONL logs, the console, wandb.
+
+Every sink has the same three calls, so the run loop logs through one ``Sinks`` object
+without branching on what is enabled:
+
+- ``log_step(row)``: one metrics row per step (a flat dict with an integer ``"step"``);
+- ``log_generations(step, examples, batch, rewards_N)``: the completions of a step;
+- ``close()``.
+
+JSONL files are crash-safe: each call appends its whole text with a single ``os.write``
+on an ``O_APPEND`` descriptor and then fsyncs, so a killed process leaves either the
+complete line or nothing of it. A torn final line (possible only if the machine itself
+goes down mid-write) is skipped when reading and cut off before the next append.
+``truncate_after(step)`` rewrites a log atomically without the rows after ``step``,
+which resume uses so that no step is ever logged twice. Non-finite floats are written as
+``null`` (JSON has no NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from retrain.atomic import write_atomic
+from retrain.config.schema import Config
+from retrain.errors import RetrainError
+from retrain.optional import require_module
+from retrain.types import Example, SampleBatch
+
+logger = logging.getLogger(__name__)
+
+JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
+
+
+class LogFileError(RetrainError):
+    """A JSONL log cannot be read back (a corrupt line that is not the torn last one)."""
+
+
+def to_json_value(value: object) -> JsonValue:
+    """``value`` as plain JSON data: numpy scalars and arrays become Python numbers and
+    lists, non-finite floats become None."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, np.bool_):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (float, np.floating)):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, np.ndarray):
+        return to_json_value(value.tolist())
+    if isinstance(value, Mapping):
+        return {str(key): to_json_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(item) for item in value]
+    raise TypeError(f"cannot write a {type(value).__name__} to a JSON log: {value!r:.80}")
+
+
+def json_line(row: Mapping[str, object]) -> str:
+    """One row as a single line of JSON, newline included."""
+    return json.dumps(to_json_value(row), ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
+
+
+class Sink:
+    """A destination for step records; every call defaults to doing nothing."""
+
+    def log_step(self, row: Mapping[str, object]) -> None:
+        """Record one step's metrics row."""
+
+    def log_generations(self, step: int, examples: Sequence[Example], batch: SampleBatch,
+                        rewards_N: np.ndarray) -> None:
+        """Record the completions of one step (``examples``: one per prompt)."""
+
+    def truncate_after(self, step: int) -> None:
+        """Forget everything recorded for steps after ``step`` (used by resume)."""
+
+    def close(self) -> None:
+        """Flush and release resources."""
+
+
+class JsonlLog(Sink):
+    """An append-only JSON Lines file of rows that carry an integer ``"step"``."""
+
+    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self._fd: int | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._cut_torn_tail()
+
+    def _cut_torn_tail(self) -> None:
+        # An append after a torn line would glue the new row onto the fragment.
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        logger.warning("%s: dropping a torn last line (%d bytes) left by an interrupted write", self.path,
+                       len(data) - keep)
+        os.truncate(self.path, keep)
+
+    def _descriptor(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        return self._fd
+
+    def append_rows(self, rows: Sequence[Mapping[str, object]]) -> None:
+        """Append ``rows`` (each with an integer ``"step"``) in one write."""
+        for row in rows:
+            step = row.get("step")
+            if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+                raise ValueError(f"{self.path.name} rows need an integer 'step', got {step!r}")
+        data = "".join(json_line(row) for row in rows).encode("utf-8")
+        if not data:
+            return
+        fd = self._descriptor()
+        written = os.write(fd, data)
+        # Regular files take the whole buffer in one call in practice; finishing a short
+        # write is still better than leaving the line torn.
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        if self.fsync:
+            os.fsync(fd)
+
+    def rows(self) -> list[dict[str, JsonValue]]:
+        """Every complete row; a torn final line is skipped with a warning."""
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        if lines[-1]:
+            logger.warning("%s: skipping a torn last line (%d bytes)", self.path, len(lines[-1]))
+        rows = []
+        for number, line in enumerate(lines[:-1], start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LogFileError(f"{self.path}:{number}: not a JSON line ({exc.msg}) — the file was edited or "
+                                   "written by something else; restore it or start a new log_dir") from exc
+            if not isinstance(row, dict):
+                raise LogFileError(f"{self.path}:{number}: expected a JSON object — restore the file or start a "
+                                   "new log_dir")
+            rows.append(row)
+        return rows
+
+    def truncate_after(self, step: int) -> None:
+        """Atomically rewrite the file keeping only rows with ``row["step"] <= step``."""
+        kept = [row for row in self.rows() if _step_of(row, self.path) <= step]
+        self._close_descriptor()
+        write_atomic(self.path, "".join(json_line(row) for row in kept))
+
+    def _close_descriptor(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        self._close_descriptor()
+
+
+def _step_of(row: Mapping[str, JsonValue], path: Path) -> int:
+    step = row.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise LogFileError(f"{path}: a row has no integer 'step' ({step!r}) — restore the file or start a new log_dir")
+    return step
+
+
+class MetricsLog(JsonlLog):
+    """``metrics.jsonl``: one row per step."""
+
+    def append(self, row: Mapping[str, object]) -> None:
+        self.append_rows([row])
+
+    def log_step(self, row: Mapping[str, object]) -> None:
+        self.append(row)
+
+
+def prompt_text(example: Example) -> str:
+    """The last user turn of the example's prompt."""
+    for message in reversed(example.messages):
+        if message.get("role") == "user":
+            return message.get("content", "")
+    return ""
+
+
+def sample_indices(count: int, per_step: int) -> list[int]:
+    """``per_step`` row indices spread evenly over ``count`` prompt-major completions
+    (first and last included), so the sample covers many prompts. Deterministic: it
+    must not draw from any RNG a resumed run replays."""
+    if count <= 0 or per_step <= 0:
+        return []
+    if per_step >= count:
+        return list(range(count))
+    if per_step == 1:
+        return [0]
+    positions = np.floor(np.linspace(0, count - 1, per_step) + 0.5).astype(int)
+    return sorted(set(positions.tolist()))
+
+
+class GenerationsLog(JsonlLog):
+    """``generations.jsonl``: up to ``per_step`` completions per step, with their rewards.
+
+    Each row: ``step``, ``index`` (row in the step's batch), ``example_id``, ``prompt``
+    (last user turn), ``completion``, ``reward``, ``reference``, ``finish_reason`` and
+    ``num_tokens``.
+    """
+
+    def __init__(self, path: Path, per_step: int, *, fsync: bool = True) -> None:
+        super().__init__(path, fsync=fsync)
+        self.per_step = per_step
+
+    def log_generations(self, step: int, examples: Sequence[Example], batch: SampleBatch,
+                        rewards_N: np.ndarray) -> None:
+        count = len(batch.texts)
+        if count != len(examples) * batch.group_size or len(rewards_N) != count:
+            raise ValueError(f"generations of step {step}: {count} completions, {len(examples)} prompts x "
+                             f"group {batch.group_size}, {len(rewards_N)} rewards do not line up")
+        lengths_N = batch.lengths_N
+        rows = []
+        for index in sample_indices(count, self.per_step):
+            example = examples[index // batch.group_size]
+            rows.append({
+                "step": step,
+                "index": index,
+                "example_id": example.example_id,
+                "prompt": prompt_text(example),
+                "completion": batch.texts[index],
+                "reward": float(rewards_N[index]),
+                "reference": example.reference,
+                "finish_reason": batch.finish_reasons[index],
+                "num_tokens": int(lengths_N[index]),
+            })
+        self.append_rows(rows)
+
+
+# (label, metrics key, format) of what the progress line shows after the step counter.
+PROGRESS_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("reward", "reward_mean", "{:.3f}"),
+    ("loss", "loss", "{:.4g}"),
+    ("tok/s", "tokens_per_s", "{:.0f}"),
+)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class ConsoleProgress(Sink):
+    """A one-line progress display: steps done, key metrics, ETA.
+
+    On a terminal the line is redrawn in place after every step. On anything else (a
+    log file, a pipe, CI) it prints a plain line only every ``every`` steps (default: a
+    tenth of the run) and after the last step, so logs stay short. ``completed`` is the
+    number of steps already done before this process started (a resumed run); the ETA
+    uses only the steps timed in this process.
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        stream: TextIO = sys.stderr,
+        *,
+        completed: int = 0,
+        every: int = 0,
+        fields: Sequence[tuple[str, str, str]] = PROGRESS_FIELDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total_steps = total_steps
+        self.stream = stream
+        self.done = completed
+        self.started_at_done = completed
+        self.every = every or max(1, total_steps // 10)
+        self.fields = tuple(fields)
+        self.clock = clock
+        self.started = clock()
+        isatty = getattr(stream, "isatty", None)
+        self.interactive = bool(isatty and isatty())
+        self._drawn = False
+
+    def line(self, row: Mapping[str, object]) -> str:
+        """The progress text for the latest row (no newline)."""
+        parts = [f"step {self.done}/{self.total_steps}"]
+        for label, key, spec in self.fields:
+            value = row.get(key)
+            shown = spec.format(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value) else "-"
+            parts.append(f"{label} {shown}")
+        timed = self.done - self.started_at_done
+        remaining = self.total_steps - self.done
+        if timed > 0 and remaining > 0:
+            parts.append(f"ETA {_duration((self.clock() - self.started) / timed * remaining)}")
+        elif remaining <= 0:
+            parts.append(f"done in {_duration(self.clock() - self.started)}")
+        if not self.interactive:
+            return "  ".join(parts)
+        width = 20
+        filled = int(width * min(self.done, self.total_steps) / max(self.total_steps, 1))
+        return f"[{'#' * filled}{'.' * (width - filled)}] " + "  ".join(parts)
+
+    def log_step(self, row: Mapping[str, object]) -> None:
+        self.done += 1
+        text = self.line(row)
+        if self.interactive:
+            columns = shutil.get_terminal_size((100, 20)).columns
+            # A wrapped line cannot be redrawn with "\r": cut it to the terminal width.
+            self.stream.write("\r" + text[: max(columns - 1, 10)] + "\x1b[K")
+            self.stream.flush()
+            self._drawn = True
+        elif self.done % self.every == 0 or self.done >= self.total_steps:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+
+def wandb_run_name(config: Config) -> str:
+    """``[logging] wandb_run_name``, or ``{advantage_mode}+{transform_mode}`` (the
+    ``algorithm_mode`` when one is set)."""
+    if config.logging.wandb_run_name:
+        return config.logging.wandb_run_name
+    algorithm = config.algorithm
+    return algorithm.algorithm_mode or f"{algorithm.advantage_mode}+{algorithm.transform_mode}"
+
+
+def wandb_tags(config: Config) -> list[str]:
+    """``[logging] wandb_tags`` split on commas, blanks dropped."""
+    return [tag.strip() for tag in config.logging.wandb_tags.split(",") if tag.strip()]
+
+
+class WandbSink(Sink):
+    """Logs each metrics row to Weights & Biases.
+
+    The run gets ``[logging] wandb_project``/``wandb_entity``/``wandb_group``, the name
+    from ``wandb_run_name`` and the tags from ``wandb_tags``, with the resolved config
+    (secrets blanked) as its config. ``run_id`` continues an earlier wandb run (store
+    ``sink.run_id`` with the trainer state to resume into the same run). wandb's own
+    environment variables apply (``WANDB_MODE=offline``, ``WANDB_DIR``, ``WANDB_API_KEY``).
+    """
+
+    def __init__(self, config: Config, *, run_id: str | None = None) -> None:
+        from retrain.config.snapshot import config_to_dict
+
+        wandb = require_module("wandb", "wandb", "logging", "wandb_project", "wandb logging")
+        settings = config.logging
+        self.run = wandb.init(
+            project=settings.wandb_project,
+            entity=settings.wandb_entity or None,
+            group=settings.wandb_group or None,
+            name=wandb_run_name(config),
+            tags=wandb_tags(config) or None,
+            config=config_to_dict(config),
+            id=run_id,
+            resume="allow" if run_id else None,
+        )
+        self.run_id: str = self.run.id
+
+    def log(self, row: Mapping[str, object], step: int) -> None:
+        values = {key: value for key, value in to_json_value(row).items()  # type: ignore[union-attr]
+                  if key != "step" and value is not None and not isinstance(value, (list, dict))}
+        self.run.log(values, step=step)
+
+    def log_step(self, row: Mapping[str, object]) -> None:
+        step = row["step"]
+        self.log(row, int(step))  # type: ignore[call-overload]
+
+    def finish(self) -> None:
+        self.run.finish()
+
+    def close(self) -> None:
+        self.finish()
+
+
+class Sinks(Sink):
+    """Fans every call out to a list of sinks, in order."""
+
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self.sinks = list(sinks)
+
+    def log_step(self, row: Mapping[str, object]) -> None:
+        for sink in self.sinks:
+            sink.log_step(row)
+
+    def log_generations(self, step: int, examples: Sequence[Example], batch: SampleBatch,
+                        rewards_N: np.ndarray) -> None:
+        for sink in self.sinks:
+            sink.log_generations(step, examples, batch, rewards_N)
+
+    def truncate_after(self, step: int) -> None:
+        for sink in self.sinks:
+            sink.truncate_after(step)
+
+    def close(self) -> None:
+        # Close every sink even if one fails, then report the first failure.
+        failure: Exception | None = None
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+
+METRICS_FILE = "metrics.jsonl"
+GENERATIONS_FILE = "generations.jsonl"
+
+
+def build_sinks(
+    config: Config,
+    total_steps: int,
+    *,
+    completed: int = 0,
+    stream: TextIO = sys.stderr,
+    wandb_run_id: str | None = None,
+) -> Sinks:
+    """The sinks a run's config asks for: ``metrics.jsonl`` always, ``generations.jsonl``
+    when ``[logging] generations_per_step`` > 0 (both in ``[logging] log_dir``), the
+    console progress line, and wandb when ``[logging] wandb_project`` is set."""
+    log_dir = Path(config.logging.log_dir)
+    sinks: list[Sink] = [MetricsLog(log_dir / METRICS_FILE)]
+    if config.logging.generations_per_step > 0:
+        sinks.append(GenerationsLog(log_dir / GENERATIONS_FILE, config.logging.generations_per_step))
+    sinks.append(ConsoleProgress(total_steps, stream, completed=completed))
+    if config.logging.wandb_project:
+        sinks.append(WandbSink(config, run_id=wandb_run_id))
+    return Sinks(sinks)
