@@ -45,27 +45,21 @@ def sepa_pool(
     """Pool execution-token uncertainty toward each completion's execution mean.
 
     Planning tokens and padding keep their values; a completion without execution
-    tokens is returned unchanged.
+    tokens is returned unchanged. ``uncertainty_N_T`` must be finite.
     """
     uncertainty = np.asarray(uncertainty_N_T, dtype=np.float32)
-    execution_N_T = np.asarray(mask_N_T, dtype=bool) & ~np.asarray(planning_N_T, dtype=bool)
     if sepa_lambda == 0.0:
         return uncertainty.copy()
-    count_N = execution_N_T.sum(axis=1)
-    sum_N = np.where(execution_N_T, uncertainty, np.float32(0.0)).sum(axis=1, dtype=np.float64)
-    mean_N = (sum_N / np.maximum(count_N, 1)).astype(np.float32)
-    lam = np.float32(sepa_lambda)
-    pooled = lam * mean_N[:, None] + (np.float32(1.0) - lam) * uncertainty
-    return np.where(execution_N_T, pooled, uncertainty)
-
-
-def execution_variance(uncertainty_N_T: np.ndarray, mask_N_T: np.ndarray, planning_N_T: np.ndarray) -> float:
-    """Variance of the uncertainty over all execution tokens of the batch (NaN if none)."""
     execution_N_T = np.asarray(mask_N_T, dtype=bool) & ~np.asarray(planning_N_T, dtype=bool)
-    values = np.asarray(uncertainty_N_T)[execution_N_T]
-    if values.size == 0:
-        return math.nan
-    return float(np.var(values, dtype=np.float64))
+    count_N = np.count_nonzero(execution_N_T, axis=1)
+    sum_N = (uncertainty * execution_N_T).sum(axis=1, dtype=np.float64)
+    mean_N = sum_N / np.maximum(count_N, 1)
+    lam = np.float32(sepa_lambda)
+    pooled = uncertainty * (np.float32(1.0) - lam)
+    pooled += (lam * mean_N.astype(np.float32))[:, None]
+    out = uncertainty.copy()
+    np.copyto(out, pooled, where=execution_N_T)
+    return out
 
 
 class SEPAController:

@@ -75,37 +75,46 @@ class TransformOutput:
 def broadcast_advantages(episode_advantages_N: np.ndarray, mask_N_T: np.ndarray) -> np.ndarray:
     """``a_t = A`` on every real token, 0 on padding (float32 ``[N, T]``)."""
     advantages = np.asarray(episode_advantages_N, dtype=np.float32)[:, None]
-    return np.where(np.asarray(mask_N_T, dtype=bool), advantages, np.float32(0.0))
+    return advantages * np.asarray(mask_N_T, dtype=bool)
 
 
 def gtpo_weights(uncertainty_N_T: np.ndarray, mask_N_T: np.ndarray, beta: float) -> np.ndarray:
     """GTPO token weights ``w_t = max(0, 1 + beta (u_t / (ubar + 1e-8) - 1))``.
 
     ``ubar`` is the mean over each completion's real tokens. Completions with
-    ``ubar < 1e-7`` (and every completion when ``beta = 0``) get weight 1; padding gets 0.
+    ``ubar < 1e-7`` (and every completion when ``beta = 0``) get weight 1; padding gets
+    0. ``uncertainty_N_T`` must be finite and 0 on padding (as every stage provides it).
     """
     mask = np.asarray(mask_N_T, dtype=bool)
-    uncertainty = np.where(mask, np.asarray(uncertainty_N_T, dtype=np.float32), np.float32(0.0))
     if beta == 0.0:
         return mask.astype(np.float32)
-    count_N = mask.sum(axis=1)
+    uncertainty = np.asarray(uncertainty_N_T, dtype=np.float32)
+    count_N = np.count_nonzero(mask, axis=1)
     mean_N = uncertainty.sum(axis=1, dtype=np.float64) / np.maximum(count_N, 1)
-    flat_N = mean_N < GTPO_MEAN_FLOOR
-    inverse_N = (1.0 / (mean_N + GTPO_EPS)).astype(np.float32)
-    b = np.float32(beta)
-    weights = np.maximum(np.float32(0.0), np.float32(1.0) + b * (uncertainty * inverse_N[:, None] - np.float32(1.0)))
-    weights[flat_N] = 1.0
+    # 1 + beta (u / m - 1) = (beta / m) u + (1 - beta): one scaled copy and two in-place passes.
+    scale_N = (beta / (mean_N + GTPO_EPS)).astype(np.float32)
+    weights = uncertainty * scale_N[:, None]
+    weights += np.float32(1.0 - beta)
+    np.maximum(weights, np.float32(0.0), out=weights)
+    weights[mean_N < GTPO_MEAN_FLOOR] = 1.0
     weights *= mask
     return weights
 
 
 def hicra_amplify(token_advantages_N_T: np.ndarray, planning_N_T: np.ndarray, alpha: float) -> np.ndarray:
-    """``a_t + alpha |a_t|`` on planning tokens; other tokens unchanged."""
+    """``a_t + alpha |a_t|`` on planning tokens; other tokens unchanged.
+
+    ``token_advantages_N_T`` must be finite.
+    """
     advantages = np.asarray(token_advantages_N_T, dtype=np.float32)
     if alpha == 0.0:
         return advantages.copy()
-    amplified = advantages + np.float32(alpha) * np.abs(advantages)
-    return np.where(np.asarray(planning_N_T, dtype=bool), amplified, advantages)
+    # Adding exactly 0 off the planning tokens leaves them bit-identical.
+    boost = np.abs(advantages)
+    boost *= np.float32(alpha)
+    boost *= np.asarray(planning_N_T, dtype=bool)
+    boost += advantages
+    return boost
 
 
 @dataclass(frozen=True)

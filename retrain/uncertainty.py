@@ -22,22 +22,25 @@ from retrain.types import SampleBatch
 SURPRISAL_CAP = 50.0
 
 
-def _mask(batch: SampleBatch) -> np.ndarray:
-    return np.asarray(batch.mask_N_T, dtype=bool)
+def zero_padding(values_N_T: np.ndarray, mask_N_T: np.ndarray) -> np.ndarray:
+    """``values`` with padding set to 0, in place (whatever padding held, even NaN)."""
+    np.copyto(values_N_T, np.float32(0.0), where=~np.asarray(mask_N_T, dtype=bool))
+    return values_N_T
 
 
 def surprisal(batch: SampleBatch) -> np.ndarray:
     """``min(-logprob, 50)`` on real tokens, 0 on padding."""
-    logprobs = np.asarray(batch.logprobs_N_T, dtype=np.float32)
-    values = np.minimum(np.negative(logprobs), np.float32(SURPRISAL_CAP))
-    return np.where(_mask(batch), values, np.float32(0.0))
+    values = np.negative(np.asarray(batch.logprobs_N_T, dtype=np.float32))
+    np.minimum(values, np.float32(SURPRISAL_CAP), out=values)
+    return zero_padding(values, batch.mask_N_T)
 
 
 def predictive_variance(batch: SampleBatch) -> np.ndarray:
     """``p (1 - p)`` with ``p = exp(logprob)`` on real tokens, 0 on padding."""
     probabilities = np.exp(np.asarray(batch.logprobs_N_T, dtype=np.float32))
-    values = probabilities * (np.float32(1.0) - probabilities)
-    return np.where(_mask(batch), values, np.float32(0.0))
+    values = np.subtract(np.float32(1.0), probabilities)
+    values *= probabilities
+    return zero_padding(values, batch.mask_N_T)
 
 
 def shannon_entropy(batch: SampleBatch) -> np.ndarray:
@@ -54,4 +57,4 @@ def shannon_entropy(batch: SampleBatch) -> np.ndarray:
             f"the engine returned entropies of shape {entropies.shape} for tokens of shape "
             f"{np.shape(batch.mask_N_T)}; they must match (one entropy per sampled token)"
         )
-    return np.where(_mask(batch), entropies, np.float32(0.0))
+    return zero_padding(entropies.copy(), batch.mask_N_T)

@@ -17,6 +17,7 @@ import stat
 import sys
 from pathlib import Path
 
+from retrain.atomic import write_atomic
 from retrain.config.migrate import Migration, migrate_text
 from retrain.errors import ConfigError, ConfigIssue, UsageError
 
@@ -121,12 +122,12 @@ def main(argv: list[str]) -> int:
         mode = stat.S_IMODE(target.stat().st_mode)
         if args.backup:
             backup = source.with_name(source.name + ".bak")
-            atomic_write(backup, original, mode)
-        atomic_write(target, migrated, mode)
+            write_file(backup, original, mode)
+        write_file(target, migrated, mode)
         written_to = source
     elif args.output is not None:
         written_to = Path(args.output)
-        atomic_write(written_to, migrated, _mode_for_new(written_to, source))
+        write_file(written_to, migrated, _mode_for_new(written_to, source))
 
     if args.json:
         report = json_report(migration, _mode_name(args), written_to, backup)
@@ -136,7 +137,7 @@ def main(argv: list[str]) -> int:
     elif args.check:
         sys.stdout.write(check_text(migration, args.stdin))
     elif args.stdout:
-        sys.stdout.write(migration.migrated)
+        _write_stdout(migrated)
         _print_notes(migration)
     elif args.write or args.output is not None:
         _print_notes(migration)
@@ -177,42 +178,32 @@ def decode_config(raw: bytes, label: str) -> str:
     return text
 
 
-def atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    A crash leaves either the old file or the new one, never a torn mix.
-    """
-    import tempfile
-
+def write_file(path: Path, data: bytes, mode: int | None) -> None:
+    """Write atomically (a temporary file renamed into place); ``mode`` None = umask default."""
     try:
-        fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        write_atomic(path, data, mode)
     except OSError as exc:
         raise ConfigError(ConfigIssue(str(path), "", "", f"cannot write the file ({exc.strerror})",
-                                      "check that its directory exists and is writable")) from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, mode)
-        os.replace(temp_name, path)
-    except BaseException as exc:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        if isinstance(exc, OSError):
-            raise ConfigError(ConfigIssue(str(path), "", "", f"cannot write the file ({exc.strerror})",
-                                          "check the path and its permissions")) from exc
-        raise
+                                      "check the path and its permissions")) from exc
 
 
-def _mode_for_new(path: Path, source: Path | None) -> int:
+def _write_stdout(data: bytes) -> None:
+    """The migrated bytes as they are (line endings included), not re-encoded by the console."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(data.decode("utf-8"))
+        return
+    sys.stdout.flush()
+    buffer.write(data)
+    buffer.flush()
+
+
+def _mode_for_new(path: Path, source: Path | None) -> int | None:
     """Keep the permissions of the file being replaced, else of the input, else the umask default."""
     for candidate in (path, source):
         if candidate is not None and candidate.exists():
             return stat.S_IMODE(candidate.stat().st_mode)
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return None
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -6,8 +6,10 @@ every plugin is resolved, and only then is a model loaded.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from retrain.config.flags import TABLE_FLAGS, parse_run_args, short_flag
-from retrain.config.loader import DEFAULT_CONFIG, resolve_config
+from retrain.config.loader import DEFAULT_CONFIG, Override, resolve_config
 from retrain.config.schema import SECTION_FIELDS
 
 DESCRIPTION = "train with a config (the default: `retrain config.toml`)"
@@ -38,12 +40,20 @@ def flags_help() -> str:
         lines.append(f"  {flag + ' k=v':<34} an entry of [{section}.{key}]")
     return "\n".join(lines)
 
+def default_config(overrides: list[Override]) -> str:
+    """``--resume DIR`` without a config file reuses the run's own snapshot."""
+    resume = [override.raw for override in overrides if override.path == ("resume", "from")]
+    if resume and (Path(resume[-1]) / "config.toml").is_file():
+        return str(Path(resume[-1]) / "config.toml")
+    return DEFAULT_CONFIG
+
+
 def main(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         print(flags_help())
         return 0
     args = parse_run_args(argv, COMMAND_OPTIONS)
-    resolved = resolve_config(args.config or DEFAULT_CONFIG, args.overrides)
+    resolved = resolve_config(args.config or default_config(args.overrides), args.overrides)
     from retrain.run import run_training
 
     summary = run_training(resolved)

@@ -77,7 +77,8 @@ def key_lines(text: str) -> dict[Path, int]:
     array_counts: dict[Path, int] = {}
     depth = 0
     in_string: str | None = None
-    for number, line in enumerate(text.splitlines(), start=1):
+    # TOML lines end only at \n (or \r\n); str.splitlines would also split on U+2028 etc.
+    for number, line in enumerate(text.split("\n"), start=1):
         if in_string is None and depth == 0:
             header = _HEADER.match(line)
             if header:

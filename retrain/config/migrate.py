@@ -442,7 +442,7 @@ class _Rewriter:
         following_blank = following is None or not self.lines[following].strip()
         out: list[str] = []
         if created:
-            indent = self.lines[header.first][: len(self.lines[header.first]) - len(self.lines[header.first].lstrip())]
+            indent = _indent(self.lines[header.first])
             if following_blank:
                 out.append(self.newline)
             out.append(f"{indent}{OPTIONS_HEADER}{self.newline}")
@@ -471,17 +471,30 @@ class _Rewriter:
         return region[index - 1].last
 
     def _drop_doubled_blank_lines(self) -> None:
-        """Where removing lines left a blank line on each side of the gap, keep only one."""
+        """Tidy the blank lines that separated removed groups.
+
+        Blank lines with removed lines on both sides only separated removed groups; where
+        a gap has a blank line on each side, one of them is enough.
+        """
+        for line in range(1, len(self.lines) - 1):
+            if line in self.deleted or self.lines[line].strip() or line - 1 not in self.deleted:
+                continue
+            end = line
+            while end + 1 < len(self.lines) and end + 1 not in self.deleted and not self.lines[end + 1].strip():
+                end += 1
+            if end + 1 in self.deleted:
+                self.deleted.update(range(line, end + 1))
         for line in sorted(self.deleted):
-            if line - 1 in self.deleted or line == 0:
+            if line - 1 in self.deleted:
                 continue
             end = line
             while end + 1 in self.deleted:
                 end += 1
-            before_blank = not self.lines[line - 1].strip()
             after = end + 1
             after_blank = after >= len(self.lines) or not self.lines[after].strip()
-            if before_blank and after_blank:
+            if line == 0 and after < len(self.lines) and after_blank:
+                self.deleted.add(after)  # the text would otherwise start with a blank line
+            elif line > 0 and not self.lines[line - 1].strip() and after_blank:
                 self.deleted.add(line - 1)
 
     def _merge_into_inline(self, statement: _Statement, items: list[_Legacy]) -> None:
@@ -489,9 +502,9 @@ class _Rewriter:
         if statement.first != statement.last:
             raise _Unsafe("the inline options table spans several lines")
         value = self.text[statement.value_span[0] : statement.value_span[1]]
-        entries = [(key, self._inline_value(item)) for item in items for key in [item.new]]
+        entries = [(item.new, self._inline_value(item)) for item in items]
         self._replace_value(statement, _inline_with_entries(value, entries))
-        indent = self.lines[statement.first][: len(self.lines[statement.first]) - len(self.lines[statement.first].lstrip())]
+        indent = _indent(self.lines[statement.first])
         comments: list[str] = []
         for item in items:
             comments.extend(self.lines[i] for i in range(item.first, item.statement.first))
@@ -509,7 +522,10 @@ class _Rewriter:
         # A multi-line value cannot sit inside an inline table: write it on one line.
         import tomli_w
 
-        return tomli_w.dumps({"v": item.value}).split("=", 1)[1].strip()
+        one_line = tomli_w.dumps({"v": item.value}).split("=", 1)[1].strip()
+        if "\n" in one_line:
+            raise _Unsafe(f"'{item.old}' has a value that cannot be written inside an inline table")
+        return one_line
 
     def _replace_value(self, statement: _Statement, new_value: str) -> None:
         start = self.line_starts[statement.first]
@@ -605,6 +621,10 @@ def _split_inline(value: str) -> list[str]:
         i += 1
     entries.append(body[start:])
     return [entry for entry in entries if entry.strip()]
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip(" \t"))]
 
 
 def _inline_text(entries: Sequence[str]) -> str:

@@ -123,9 +123,16 @@ class PyTorchEngine:
         if not self.prefix_caching:
             prompt_ids = prompt_ids.repeat_interleave(n, dim=0)
             prompt_mask = prompt_mask.repeat_interleave(n, dim=0)
+        # Without left padding the causal mask alone is exact, and attention skips building
+        # an explicit mask (new tokens are appended to every row alike).
+        needs_mask = not bool(prompt_mask.all())
         positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
         out = self.model(
-            input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask if needs_mask else None,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
         )
         cache = out.past_key_values
         last_logits = out.logits[:, -1]
@@ -173,7 +180,7 @@ class PyTorchEngine:
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
             out = self.model(
                 input_ids=token[:, None],
-                attention_mask=attention,
+                attention_mask=attention if needs_mask else None,
                 position_ids=next_position[:, None],
                 past_key_values=cache,
                 use_cache=True,
@@ -203,11 +210,9 @@ class PyTorchEngine:
         entropies_N_T = None
         if entropies is not None:
             entropies_N_T = np.where(mask_N_T, entropies[:, :width].cpu().numpy(), 0.0).astype(np.float32)
-        texts, spans = [], []
-        for row in range(len(lengths_N)):
-            text, row_spans = self.decode_with_spans(token_ids_N_T[row, : lengths_N[row]].tolist())
-            texts.append(text)
-            spans.append(row_spans)
+        rows = [token_ids_N_T[row, : lengths_N[row]].tolist() for row in range(len(lengths_N))]
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        spans = [self.char_spans(ids, text) for ids, text in zip(rows, texts)]
         return SampleBatch(
             prompt_token_ids=[list(ids) for ids in prompts],
             group_size=n,
@@ -223,13 +228,13 @@ class PyTorchEngine:
 
     # ------------------------------------------------------------------------ decoding
 
-    def decode_with_spans(self, token_ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
-        """The text of ``token_ids`` (special tokens removed) and each token's character span."""
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    def char_spans(self, token_ids: list[int], text: str) -> list[tuple[int, int]]:
+        """Each token's (start, end) character span in ``text``, the decoded ``token_ids``
+        with special tokens removed (special tokens get empty spans)."""
         pieces = [self._piece(token) for token in token_ids]
         if "".join(pieces) == text:
-            return text, _spans_from_pieces(pieces)
-        return text, self._incremental_spans(token_ids, text)
+            return _spans_from_pieces(pieces)
+        return self._incremental_spans(token_ids, text)
 
     def _piece(self, token: int) -> str:
         piece = self._piece_cache.get(token)

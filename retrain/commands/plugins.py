@@ -1,0 +1,112 @@
+"""``retrain plugins [CONFIG] [--json]``: built-in and discovered plugins, per kind.
+
+Lists every kind's built-ins with a one-line description and the settings they read,
+then every module found in the ``[plugins] search_paths`` directories (of CONFIG, or the
+defaults relative to the working directory) with its import status and the plugins it
+registered. Importing a discovered module runs its top-level code, as a run would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from retrain import registry_names
+from retrain.config.loader import resolve_config
+from retrain.config.schema import Config, PluginsConfig
+from retrain.errors import UsageError
+from retrain.registry import BUILTIN_DESCRIPTIONS, DiscoveredModule, discover, search_locations
+
+DESCRIPTION = "list built-in and discovered plugins"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"plugins: {message} (see `retrain plugins --help`)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="retrain plugins", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument("config", nargs="?", help="config whose [plugins] search_paths to use (default: the defaults)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return parser
+
+
+def builtins_listing() -> dict[str, list[dict[str, str]]]:
+    """kind -> [{name, description, reads}] for every built-in."""
+    listing = {}
+    for kind, names in registry_names.BUILTINS.items():
+        described = BUILTIN_DESCRIPTIONS[kind]
+        listing[kind] = [{"name": name, "description": described[name][0], "reads": described[name][1]} for name in names]
+    return listing
+
+
+def _module_json(module: DiscoveredModule) -> dict[str, object]:
+    return {
+        "module": module.module,
+        "file": module.file,
+        "status": module.status,
+        "error": module.error,
+        "plugins": [{"name": p.name, "kind": p.kind, "description": p.description, "params": p.params}
+                    for p in module.plugins],
+    }
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.config:
+        resolved = resolve_config(args.config)
+        plugins: PluginsConfig = resolved.config.plugins
+        base_dir: Path | None = Path(args.config).resolve().parent
+    else:
+        plugins, base_dir = Config().plugins, None
+    locations = search_locations(plugins, base_dir)
+    discovered = discover(plugins, base_dir)
+    if args.json:
+        payload = {
+            "builtins": builtins_listing(),
+            "search_paths": [{"entry": location.entry, "directory": str(location.directory or ""),
+                              "module_prefix": location.prefix or "", "found": location.directory is not None}
+                             for location in locations],
+            "discovered": [_module_json(module) for module in discovered],
+        }
+        json.dump(payload, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return 0
+    sys.stdout.write(render_text(locations, discovered))
+    return 0
+
+
+def render_text(locations: list, discovered: list[DiscoveredModule]) -> str:  # type: ignore[type-arg]
+    lines = ["Built-in plugins (use the name in the config):"]
+    for kind, entries in builtins_listing().items():
+        lines.append(f"  {kind}:")
+        width = max(len(entry["name"]) for entry in entries)
+        for entry in entries:
+            reads = f"  [reads {entry['reads']}]" if entry["reads"] else ""
+            lines.append(f"    {entry['name'].ljust(width)}  {entry['description']}{reads}")
+    lines.append("")
+    lines.append("Search paths ([plugins] search_paths):")
+    for location in locations:
+        lines.append(f"  {location.entry}: {location.describe()}")
+    if not locations:
+        lines.append("  (none)")
+    lines.append("")
+    lines.append("Discovered plugins (use module.attr in the config):")
+    if not discovered:
+        lines.append("  (no plugin modules in the search-path directories; `retrain init-plugin` writes one)")
+    for module in discovered:
+        if module.status != "ok":
+            lines.append(f"  {module.file}: import error: {module.error}")
+            continue
+        lines.append(f"  {module.file}: ok")
+        if not module.plugins:
+            lines.append("    (no registered plugins; functions can still be named by dotted path)")
+        for plugin in module.plugins:
+            lines.append(f"    {plugin.kind:<11} {plugin.name}  {plugin.description}")
+            for param in plugin.params:
+                help_text = f"  {param['help']}" if param["help"] else ""
+                lines.append(f"                params.{param['name']}: {param['type']} = {param['default']!r}{help_text}")
+    return "\n".join(lines) + "\n"

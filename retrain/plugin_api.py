@@ -1,0 +1,81 @@
+"""The public API for plugin authors: contexts, outputs, the register decorator, helpers.
+
+A plugin is a module found through ``[plugins] search_paths`` (or importable normally) and
+named in the config by its dotted path ``module.attr``. The contract of each kind:
+
+- advantage:   ``def f(rewards_P_G: np.ndarray, params) -> np.ndarray`` — ``[P, G]`` (or ``[N]``)
+- uncertainty: ``def f(batch: SampleBatch) -> np.ndarray`` — ``[N, T]``, or a list of N arrays
+- transform:   ``def f(ctx: TransformContext, params) -> np.ndarray | TransformOutput`` —
+  token advantages ``[N, T]`` or a list of N arrays
+- algorithm:   ``def f(ctx: AlgorithmContext, params) -> AlgorithmOutput``
+- planning:    ``class D: __init__(self, config); detect(self, texts, token_char_spans) -> bool [N, T]``
+- data:        ``class S: __init__(self, config); examples(self) -> list[Example]``
+- backend / engine: classes constructed with the config (see ``retrain init-plugin``)
+
+``params`` is the plugin's table (``[algorithm.advantage_params]``,
+``[algorithm.transform_params]`` or ``[algorithm.params]``): a read-only mapping, or an
+instance of the dataclass declared with ``@register(kind, params=MyParams)``, whose fields
+are type-checked when the run is built. Declare bounds and help with ``setting``::
+
+    from dataclasses import dataclass
+    import numpy as np
+    from retrain.plugin_api import register, setting
+
+    @dataclass(frozen=True)
+    class ScaleParams:
+        scale: float = setting(1.0, "multiplies the GRPO advantage", gt=0.0)
+
+    @register("advantage", params=ScaleParams)
+    def scaled_grpo(rewards_P_G: np.ndarray, params: ScaleParams) -> np.ndarray:
+        return params.scale * (rewards_P_G - rewards_P_G.mean(axis=1, keepdims=True))
+
+The built-in math is exported too, so a plugin can compose it: ``grpo_advantages``,
+``maxrl_advantages``, ``surprisal``, ``predictive_variance``, ``gtpo_weights``,
+``hicra_amplify``, ``sepa_pool``, ``broadcast_advantages``. ``synthetic_batch`` builds a
+small ragged batch for a plugin's own tests.
+"""
+
+from __future__ import annotations
+
+from retrain.advantages import correct_rate, grpo_advantages, maxrl_advantages
+from retrain.algorithms import AlgorithmContext, AlgorithmOutput
+from retrain.config.schema import Config, setting
+from retrain.credit import synthetic_batch
+from retrain.registry import PluginSpec, plugin_spec, register
+from retrain.sepa import sepa_pool
+from retrain.transforms import (
+    TransformContext,
+    TransformOutput,
+    broadcast_advantages,
+    gtpo_weights,
+    hicra_amplify,
+)
+from retrain.types import Example, SampleBatch, TrainBatch, TrainResult
+from retrain.uncertainty import predictive_variance, shannon_entropy, surprisal
+
+__all__ = [
+    "AlgorithmContext",
+    "AlgorithmOutput",
+    "Config",
+    "Example",
+    "PluginSpec",
+    "SampleBatch",
+    "TrainBatch",
+    "TrainResult",
+    "TransformContext",
+    "TransformOutput",
+    "broadcast_advantages",
+    "correct_rate",
+    "grpo_advantages",
+    "gtpo_weights",
+    "hicra_amplify",
+    "maxrl_advantages",
+    "plugin_spec",
+    "predictive_variance",
+    "register",
+    "sepa_pool",
+    "setting",
+    "shannon_entropy",
+    "surprisal",
+    "synthetic_batch",
+]
