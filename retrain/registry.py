@@ -238,7 +238,7 @@ def check_shape(kind: str, name: str, obj: object, origin: str) -> None:
     expected = f"expected: {contract.signature}"
     spec = plugin_spec(obj)
     if spec is not None and spec.kind != kind:
-        raise PluginSignatureError(f"{where} is registered as a {spec.kind} plugin, not a {kind} plugin; {expected}")
+        raise PluginSignatureError(f"{where} is registered as a {spec.kind} plugin, so it cannot serve as the {kind}; {expected}")
     if not callable(obj):
         raise PluginSignatureError(f"{where} is a {type(obj).__name__}, not callable; {expected}")
     if contract.shape == "callable":

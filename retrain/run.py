@@ -16,6 +16,7 @@ moment resumes from the last complete checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -31,7 +32,8 @@ from retrain.atomic import write_atomic
 from retrain.config.loader import ResolvedConfig, replace_setting
 from retrain.config.schema import Config
 from retrain.config.snapshot import write_snapshot
-from retrain.errors import RetrainError
+from retrain import registry_names
+from retrain.errors import PluginError, RetrainError
 from retrain.registry import resolve
 
 logger = logging.getLogger(__name__)
@@ -69,14 +71,26 @@ def plan_run(resolved: ResolvedConfig) -> RunPlan:
     components: dict[str, dict[str, str]] = {}
     for kind, name in (("backend", config.backend.backend), ("engine", config.inference.engine),
                        ("data", config.data.source), ("reward", config.reward.type)):
-        plugin = resolve(kind, name, config.plugins, base_dir)
-        components[kind] = {"name": name, "origin": plugin.origin}
+        components[kind] = {"name": name, "origin": locate(kind, name, config, base_dir)}
     credit = build_credit_pipeline(config, base_dir)
     credit.probe()
     if credit.needs_planning:
         plugin = resolve("planning", config.planning.detector, config.plugins, base_dir)
         components["planning"] = {"name": config.planning.detector, "origin": plugin.origin}
     return RunPlan(resolved, config, base_dir, components, credit)
+
+
+def locate(kind: str, name: str, config: Config, base_dir: Path) -> str:
+    """Where a component comes from, checked without importing heavy built-in modules
+    (a built-in backend imports torch); a dotted-path plugin is imported and checked."""
+    target = registry_names.BUILTINS[kind].get(name)
+    if target is None:
+        return resolve(kind, name, config.plugins, base_dir).origin
+    module_name = target.partition(":")[0]
+    if importlib.util.find_spec(module_name) is None:
+        raise PluginError(f"the {kind} '{name}' is not part of this version of retrain — choose another "
+                          f"(built-ins: {', '.join(registry_names.BUILTINS[kind])})")
+    return "built-in"
 
 
 # ---------------------------------------------------------------------------------------
@@ -105,6 +119,11 @@ class Run:
     start_step: int = 1
     resumed_from: Path | None = None
     closers: list[object] = field(default_factory=list)
+
+
+def adapter_dir(config: Config) -> Path:
+    """``[backend] adapter_path``, with ``{log_dir}`` replaced by ``[logging] log_dir``."""
+    return Path(config.backend.adapter_path.replace("{log_dir}", config.logging.log_dir))
 
 
 def effective_seed(config: Config) -> int:
@@ -161,7 +180,7 @@ def build_run(plan: RunPlan, resume_state: dict[str, object] | None = None) -> R
     completed = int(resume_state["step"]) if resume_state else 0  # type: ignore[arg-type]
     sinks = build_sinks(config, training.max_steps, completed=completed,
                         wandb_run_id=str(resume_state.get("wandb_run_id")) if resume_state and resume_state.get("wandb_run_id") else None)
-    return Run(config=config, log_dir=log_dir, adapter_dir=Path(config.backend.adapter_path), seed=seed,
+    return Run(config=config, log_dir=log_dir, adapter_dir=adapter_dir(config), seed=seed,
                backend=backend, engine=engine, collector=collector, credit=credit, planning=planning, sinks=sinks,
                start_step=completed + 1)
 
@@ -197,6 +216,7 @@ def save_checkpoint(run: Run, step: int, extra: dict[str, object]) -> Path:
     shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(staging, final_dir)
     run.backend.save_adapter(run.adapter_dir / f"checkpoint_step_{step}")  # type: ignore[attr-defined]
+    run.sinks.sync()  # type: ignore[attr-defined]  # no logged row may be newer than the state on disk
     state = {
         "version": STATE_VERSION,
         "step": step,
@@ -205,6 +225,7 @@ def save_checkpoint(run: Run, step: int, extra: dict[str, object]) -> Path:
         "data": run.collector.state_dict(),  # type: ignore[attr-defined]
         "credit": run.credit.state_dict(),  # type: ignore[attr-defined]
         "rng": _rng_state(),
+        "wandb_run_id": run.sinks.wandb_run_id,  # type: ignore[attr-defined]
         **extra,
     }
     write_atomic(run.log_dir / STATE_FILE, json.dumps(state, indent=1))

@@ -6,6 +6,7 @@ every plugin is resolved, and only then is a model loaded.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from retrain.config.flags import TABLE_FLAGS, parse_run_args, short_flag
@@ -53,6 +54,8 @@ def main(argv: list[str]) -> int:
         print(flags_help())
         return 0
     args = parse_run_args(argv, COMMAND_OPTIONS)
+    # retrain draws its own progress line; the hub's per-file bars would interleave with it.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     resolved = resolve_config(args.config or default_config(args.overrides), args.overrides)
     from retrain.run import run_training
 

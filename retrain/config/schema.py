@@ -115,7 +115,9 @@ class BackendConfig:
     devices: str = setting(
         "gpu:0", "Comma-separated devices (cpu, gpu:N, cuda:N); two devices = split mode (sample on first, train on last)"
     )
-    adapter_path: str = setting("/tmp/retrain_adapter", "Directory for LoRA adapter checkpoints")
+    adapter_path: str = setting(
+        "/tmp/retrain_adapter", "Directory for adapter checkpoints; {log_dir} stands for [logging] log_dir"
+    )
     options: dict[str, TomlValue] = setting({}, "Backend-specific options table, validated per backend")
 
     def __post_init__(self) -> None:

@@ -125,6 +125,10 @@ def load_hub(split: str, repo: str = HUB_DATASET, cache_dir: str | None = None) 
             raise _issue("source", f"cannot download {repo} ({subject}) and it is not in the datasets cache: {exc}",
                          "connect once to cache it, or set [data] path to a local copy "
                          "(one folder per subject with train-*.parquet or train.jsonl)") from exc
+        except FileNotFoundError as exc:
+            raise _issue("source", f"{repo} ({subject}) is not on the hub or lacks this subject: {exc}",
+                         "set [data] path to a local copy (one folder per subject with train-*.parquet or "
+                         "train.jsonl)") from exc
         except ValueError as exc:
             # datasets reports an unknown split as a ValueError naming the ones that exist.
             raise _issue("split", f"{repo} ({subject}): {exc}", "use split = \"train\" or \"test\"") from exc

@@ -74,7 +74,7 @@ class PyTorchEngine:
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
         self.policy_version = 0
-        self._piece_cache: dict[int, str] = {}
+        self.spans = SpanDecoder(tokenizer)
 
     # ----------------------------------------------------------------------------- RNG
 
@@ -212,7 +212,7 @@ class PyTorchEngine:
             entropies_N_T = np.where(mask_N_T, entropies[:, :width].cpu().numpy(), 0.0).astype(np.float32)
         rows = [token_ids_N_T[row, : lengths_N[row]].tolist() for row in range(len(lengths_N))]
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        spans = [self.char_spans(ids, text) for ids, text in zip(rows, texts)]
+        spans = [self.spans.char_spans(ids, text) for ids, text in zip(rows, texts)]
         return SampleBatch(
             prompt_token_ids=[list(ids) for ids in prompts],
             group_size=n,
@@ -226,38 +226,6 @@ class PyTorchEngine:
             policy_version=version,
         )
 
-    # ------------------------------------------------------------------------ decoding
-
-    def char_spans(self, token_ids: list[int], text: str) -> list[tuple[int, int]]:
-        """Each token's (start, end) character span in ``text``, the decoded ``token_ids``
-        with special tokens removed (special tokens get empty spans)."""
-        pieces = [self._piece(token) for token in token_ids]
-        if "".join(pieces) == text:
-            return _spans_from_pieces(pieces)
-        return self._incremental_spans(token_ids, text)
-
-    def _piece(self, token: int) -> str:
-        piece = self._piece_cache.get(token)
-        if piece is None:
-            piece = self.tokenizer.decode([token], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            self._piece_cache[token] = piece
-        return piece
-
-    def _incremental_spans(self, token_ids: list[int], text: str) -> list[tuple[int, int]]:
-        # Tokenizers whose pieces do not concatenate to the text (byte pieces of one
-        # character, leading-space markers): each token's span is what it adds to the
-        # decoded prefix. Costs one decode per token, so it is only the fallback.
-        spans = []
-        previous = 0
-        for end in range(1, len(token_ids) + 1):
-            prefix = self.tokenizer.decode(token_ids[:end], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            # An incomplete multi-byte character decodes to U+FFFD until its last byte.
-            stop = len(prefix.rstrip("\ufffd")) if end < len(token_ids) else len(text)
-            stop = max(previous, min(stop, len(text)))
-            spans.append((previous, stop))
-            previous = stop
-        return spans
-
     # ------------------------------------------------------------------------ weights
 
     def load_adapter(self, path: Path, version: int) -> None:
@@ -267,6 +235,58 @@ class PyTorchEngine:
         with self.weights_lock:
             load_saved_weights(self.model, Path(path))
             self.policy_version = version
+
+
+class SpanDecoder:
+    """Maps each token of a decoded completion to its (start, end) character span.
+
+    Pieces (single decoded tokens) are cached per token id. When they concatenate to the
+    decoded text, as for character-level and most byte-level BPE output, spans follow
+    from their lengths. Otherwise (a character split over several byte tokens, or
+    leading-space markers that decode differently inside a text) each token's span is
+    what it adds to the decoded prefix, at one decode per token.
+    """
+
+    def __init__(self, tokenizer) -> None:  # tokenizer: transformers.PreTrainedTokenizerBase
+        self.tokenizer = tokenizer
+        self._pieces: dict[int, str] = {}
+
+    def char_spans(self, token_ids: list[int], text: str) -> list[tuple[int, int]]:
+        """Spans of ``token_ids`` in ``text`` (their decoding with special tokens removed,
+        which get empty spans)."""
+        pieces = [self._piece(token) for token in token_ids]
+        if "".join(pieces) == text:
+            spans = []
+            start = 0
+            for piece in pieces:
+                spans.append((start, start + len(piece)))
+                start += len(piece)
+            return spans
+        return self._incremental_spans(token_ids, text)
+
+    def _piece(self, token: int) -> str:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._decode([token])
+            self._pieces[token] = piece
+        return piece
+
+    def _decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def _incremental_spans(self, token_ids: list[int], text: str) -> list[tuple[int, int]]:
+        spans = []
+        previous = 0
+        for end in range(1, len(token_ids) + 1):
+            if end == len(token_ids):
+                stop = len(text)
+            else:
+                # An incomplete multi-byte character decodes to U+FFFD until its last byte.
+                stop = len(self._decode(token_ids[:end]).rstrip("\ufffd"))
+            stop = max(previous, min(stop, len(text)))
+            spans.append((previous, stop))
+            previous = stop
+        return spans
 
 
 def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,15 +311,6 @@ def sample_tokens(logp: torch.Tensor, top_p: float, generator: torch.Generator) 
         choice = torch.multinomial(sorted_probs, 1, generator=generator)
         return order.gather(1, choice)[:, 0]
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
-
-def _spans_from_pieces(pieces: list[str]) -> list[tuple[int, int]]:
-    spans = []
-    start = 0
-    for piece in pieces:
-        spans.append((start, start + len(piece)))
-        start += len(piece)
-    return spans
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:

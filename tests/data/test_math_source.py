@@ -133,6 +133,8 @@ def test_hub_loader_reads_a_dataset_repository(tmp_path):
     assert rows_to_examples(rows, "train") == MathSource(_config(repo)).examples()
     with pytest.raises(ConfigError, match="Unknown split"):
         load_hub("test", repo=str(repo), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="is not on the hub or lacks this subject"):
+        load_hub("train", repo=str(tmp_path / "no-such-repo"), cache_dir=str(tmp_path / "cache"))
 
 
 def test_hub_without_network_or_cache_says_how_to_fix(tmp_path):

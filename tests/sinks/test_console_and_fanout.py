@@ -125,4 +125,5 @@ def test_build_sinks_from_config(tmp_path):
     assert stream.getvalue().splitlines()[-1].startswith("step 2/2  reward 0.750")
     quiet = build_sinks(Config(logging=LoggingConfig(log_dir=str(tmp_path / "q"), generations_per_step=0)), 1)
     assert [type(sink) for sink in quiet.sinks] == [MetricsLog, ConsoleProgress]
+    assert quiet.wandb_run_id is None
     quiet.close()

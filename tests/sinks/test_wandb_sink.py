@@ -31,6 +31,7 @@ def test_offline_run_records_config_and_metrics(tmp_path, monkeypatch):
     for step in (1, 2, 3):
         sinks.log_step({"step": step, "reward_mean": 0.1 + 0.2 * step, "loss": float("nan"), "skipped_groups": step})
     run_id = wandb_sink.run_id
+    assert sinks.wandb_run_id == run_id
     sinks.close()
     runs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 1
@@ -52,3 +53,17 @@ def _logged(record: bytes, key: str) -> list[float]:
         start = match.end()
         values.append(json.loads(record[start:start + match.group(1)[0]]))
     return values
+
+
+@pytest.mark.integration
+def test_resume_continues_the_stored_run_id(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sink = WandbSink(Config(logging=LoggingConfig(wandb_project="retrain-tests", wandb_run_name="resumed")),
+                     run_id="retrain-resume-1")
+    sink.log({"step": 11, "reward_mean": 0.5}, step=11)
+    sink.finish()
+    assert sink.run_id == "retrain-resume-1"
+    assert list((tmp_path / "wandb").glob("offline-run-*-retrain-resume-1"))

@@ -1,0 +1,138 @@
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrain import registry_names
+from retrain.cli import main as cli_main
+from retrain.commands.init_plugin import class_name
+from retrain.config.loader import load_config
+from retrain.credit import build_credit_pipeline
+from retrain.planning import build_planning_detector
+from retrain.registry import resolve
+from retrain.rewards.custom import CustomReward
+from retrain.types import Example
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_plugins_lists_builtins_and_the_example_plugins(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert cli_main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    for kind, names in registry_names.BUILTINS.items():
+        assert f"  {kind}:" in out
+        assert all(f"    {name}" in out for name in names)
+    assert "advantage   rank_advantage.rank_advantages" in out
+    assert "params.scale: float = 1.0" in out
+    assert f"plugins: {REPO / 'plugins'}" in out
+
+
+def test_plugins_json_with_a_config(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "broken_listing.py").write_text("import not_installed_pkg_q\n")
+    config = tmp_path / "run.toml"
+    config.write_text('[plugins]\nsearch_paths = ["mine", "also_missing"]\n')
+    assert cli_main(["plugins", str(config), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert set(payload["builtins"]) == set(registry_names.BUILTINS)
+    assert payload["search_paths"][0] == {"entry": "mine", "directory": str(tmp_path / "mine"), "module_prefix": "",
+                                          "found": True}
+    assert payload["search_paths"][1]["found"] is False
+    (module,) = payload["discovered"]
+    assert module["status"] == "error" and "not_installed_pkg_q" in module["error"]
+
+
+def test_plugins_usage_error_exits_2(capsys):
+    assert cli_main(["plugins", "--bogus"]) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_init_plugin_refuses_to_overwrite_and_checks_the_name(tmp_path, capsys):
+    assert cli_main(["init-plugin", "--kind", "advantage", "--name", "once", "--output-dir", str(tmp_path)]) == 0
+    before = (tmp_path / "once.py").read_text()
+    assert cli_main(["init-plugin", "--kind", "transform", "--name", "once", "--output-dir", str(tmp_path)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (tmp_path / "once.py").read_text() == before
+    for bad in ("9lives", "class", "test_x", "json"):
+        assert cli_main(["init-plugin", "--kind", "advantage", "--name", bad, "--output-dir", str(tmp_path)]) == 2
+    assert cli_main(["init-plugin", "--kind", "nope", "--name", "x"]) == 2
+
+
+CONFIG_LINES = {
+    "advantage": '[algorithm]\nadvantage_mode = "{dotted}"\n',
+    "transform": '[algorithm]\ntransform_mode = "{dotted}"\n',
+    "uncertainty": '[algorithm]\nuncertainty_kind = "{dotted}"\n',
+    "algorithm": '[algorithm]\nalgorithm_mode = "{dotted}"\n',
+    "reward": '[reward]\ntype = "custom"\ncustom_module = "{name}"\ncustom_function = "{name}"\n',
+    "data": '[data]\nsource = "{dotted}"\n',
+    "planning": '[planning]\ndetector = "{dotted}"\n',
+    "engine": '[inference]\nengine = "{dotted}"\n',
+    "backend": '[backend]\nbackend = "{dotted}"\n',
+}
+
+
+def exercise_from_config(kind: str, config_path: Path) -> None:
+    """Load the scaffold through a config file, as a run would, and call its contract."""
+    config = load_config(config_path)
+    base = config_path.parent
+    if kind in ("advantage", "transform", "uncertainty", "algorithm"):
+        result = build_credit_pipeline(config, base).probe()
+        assert np.all(np.isfinite(result.token_advantages_N_T))
+    elif kind == "reward":
+        example = Example("e", ({"role": "user", "content": "q"},), "4")
+        assert CustomReward(config, base_dir=base).score(["it is 4", "5"], [example, example]).tolist() == [1.0, 0.0]
+    elif kind == "data":
+        assert resolve("data", config.data.source, config.plugins, base).obj(config).examples()
+    elif kind == "planning":
+        marked = build_planning_detector(config, base).detect(["Why? ok"], [[(0, 4), (5, 7)]])
+        assert marked.tolist() == [[True, False]]
+    elif kind == "engine":
+        engine = resolve("engine", config.inference.engine, config.plugins, base).obj(config)
+        assert len(engine.generate([[1]], 2, 4, 1.0, 1.0).texts) == 2
+    elif kind == "backend":
+        backend = resolve("backend", config.backend.backend, config.plugins, base).obj(config)
+        assert len(backend.engine().generate([[1]], 3, 4, 1.0, 1.0).texts) == 3
+
+
+def test_init_plugin_for_every_kind_generates_passing_tests_and_loads_from_a_config(tmp_path, capsys):
+    plugin_dir = tmp_path / "my_plugins"
+    for kind in registry_names.BUILTINS:
+        assert cli_main(["init-plugin", "--kind", kind, "--name", f"scaffold_{kind}", "--output-dir", str(plugin_dir),
+                         "--with-test"]) == 0
+        out = capsys.readouterr().out
+        assert f"test_scaffold_{kind}.py" in out and "search_paths" in out
+    # The generated tests pass as written, run by pytest from the output folder.
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=plugin_dir,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"{len(registry_names.BUILTINS)} passed" in run.stdout
+    for kind in registry_names.BUILTINS:
+        name = f"scaffold_{kind}"
+        attribute = name if kind in ("advantage", "transform", "uncertainty", "algorithm", "reward") else class_name(name)
+        config_path = tmp_path / f"{kind}.toml"
+        config_path.write_text(CONFIG_LINES[kind].format(dotted=f"{name}.{attribute}", name=name)
+                               + '\n[plugins]\nsearch_paths = ["my_plugins"]\n')
+        exercise_from_config(kind, config_path)
+
+
+@pytest.mark.parametrize("kind", ["advantage", "transform"])
+def test_a_scaffold_changed_by_the_user_still_meets_its_own_test(tmp_path, kind):
+    # The scaffold test is a real check: break the contract and it fails.
+    assert cli_main(["init-plugin", "--kind", kind, "--name", f"edited_{kind}", "--output-dir", str(tmp_path),
+                     "--with-test"]) == 0
+    module = tmp_path / f"edited_{kind}.py"
+    text = module.read_text()
+    broken = text.replace("return params.scale * (rewards - rewards.mean(axis=1, keepdims=True))",
+                          "return rewards[:, :1]") if kind == "advantage" else \
+        text.replace("return broadcast_advantages(ctx.episode_advantages_N, ctx.mask_N_T) * weights",
+                     "return weights[:1]")
+    assert broken != text
+    module.write_text(textwrap.dedent(broken))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert run.returncode == 1, run.stdout
