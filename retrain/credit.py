@@ -4,7 +4,7 @@ One call per step, on whole arrays::
 
     rewards_P_G ── advantage ──▶ episode advantages A (GRPO, MaxRL or a plugin)
     batch       ── uncertainty ─▶ u_N_T (surprisal, predictive_variance, shannon_entropy or a plugin)
-    SEPA schedule (per step: gate on the batch's correct rate, linear/auto lambda)
+    SEPA schedule (per step, driven here: gate on the batch's correct rate, linear/auto lambda)
     A, u, planning mask ── transform ─▶ token advantages a_N_T (composed GTPO/HICRA/SEPA stages or a plugin)
     optional top-rho masking of a_N_T by u (per group)
 

@@ -542,6 +542,9 @@ def type_problem(declared: object, value: object) -> tuple[str, str] | None:
     """(problem, fix) when ``value`` (as read from TOML) does not fit ``declared``."""
     if _fits(declared, value):
         return None
+    if typing.get_origin(declared) is typing.Literal:
+        listed = ", ".join(repr(choice) for choice in typing.get_args(declared))
+        return (f"{value!r} is not a valid choice"[:160], f"choose one of {listed}")
     return (f"expected {_type_name(declared)}, got {type(value).__name__} {value!r}"[:160],
             f"write a value of type {_type_name(declared)}")
 

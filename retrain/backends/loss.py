@@ -63,7 +63,8 @@ def policy_gradient_loss(
     ``clip_eps = 0`` turns clipping off; ``clip_eps_high = 0`` means the same as ``clip_eps``.
     """
     mask = mask_N_T.to(logp_N_T.dtype)
-    # Padding may hold any value; zero the log-ratio there so exp cannot overflow into NaN.
+    # Padding may hold any value (even inf); zero it before exp and before summing, since
+    # multiplying by a 0/1 mask would turn inf into NaN.
     log_ratio = torch.where(mask_N_T, logp_N_T - sampler_logp_N_T, torch.zeros_like(logp_N_T))
     ratio = torch.exp(log_ratio)
     objective = ratio * advantages_N_T
@@ -73,7 +74,7 @@ def policy_gradient_loss(
         clipped_objective = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + upper) * advantages_N_T
         clipped = (clipped_objective < objective) & mask_N_T
         objective = torch.minimum(objective, clipped_objective)
-    loss = -(objective * mask).sum() / num_tokens
+    loss = -torch.where(mask_N_T, objective, torch.zeros_like(objective)).sum() / num_tokens
     with torch.no_grad():
         ratio_detached = ratio.detach()
         # One device-to-host transfer for all four numbers.

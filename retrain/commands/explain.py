@@ -39,13 +39,58 @@ def main(argv: list[str]) -> int:
         return 0
     args = parse_run_args(argv, COMMAND_OPTIONS)
     resolved = resolve_config(args.config or DEFAULT_CONFIG, args.overrides)
+    from retrain.run import plan_run
+
+    plan = plan_run(resolved).describe()
     if args.options.get("--json"):
-        json.dump(explain_json(resolved), sys.stdout, indent=2)
+        json.dump({**explain_json(resolved), "run": plan}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(explain_text(resolved, only_changed=bool(args.options.get("--changed")),
                                       color=sys.stdout.isatty()))
+        sys.stdout.write(run_graph_text(plan))
     return 0
+
+
+def run_graph_text(plan: dict[str, object]) -> str:
+    """The resolved components and credit pipeline, one line per stage, in step order."""
+    components: dict[str, dict[str, str]] = plan["components"]  # type: ignore[assignment]
+    credit: dict[str, object] = plan["credit"]  # type: ignore[assignment]
+    lines = ["", "run graph (one step, in order):"]
+
+    def component(kind: str, label: str) -> None:
+        if kind in components:
+            item = components[kind]
+            lines.append(f"  {label:<12} {item['name']}  ({item['origin']})")
+
+    component("data", "prompts")
+    component("engine", "engine")
+    component("reward", "reward")
+    component("planning", "planning")
+    uncertainty: dict[str, str] = credit["uncertainty"]  # type: ignore[assignment]
+    lines.append(f"  {'uncertainty':<12} {uncertainty['name']}  ({uncertainty['origin']})")
+    if credit["mode"] == "algorithm":
+        algorithm: dict[str, object] = credit["algorithm"]  # type: ignore[assignment]
+        lines.append(f"  {'algorithm':<12} {algorithm['name']}  ({algorithm['origin']}) params {algorithm.get('params', {})}")
+    else:
+        advantage: dict[str, object] = credit["advantage"]  # type: ignore[assignment]
+        transform: dict[str, object] = credit["transform"]  # type: ignore[assignment]
+        lines.append(f"  {'advantage':<12} {advantage['name']}  ({advantage['origin']})"
+                     + (f" params {advantage['params']}" if advantage.get("params") else ""))
+        stages = transform.get("stages") or []
+        chain = " -> ".join(f"{stage['stage']}{_params(stage.get('params'))}" for stage in stages) or "none"  # type: ignore[index,union-attr]
+        lines.append(f"  {'transforms':<12} {chain}  ({transform['name']}, {transform['origin']})")
+    if credit.get("surprisal_mask_rho"):
+        lines.append(f"  {'masking':<12} keep the top {credit['surprisal_mask_rho']} most uncertain tokens per group")
+    component("backend", "backend")
+    lines.append("  probe        a synthetic batch went through the credit pipeline: ok")
+    return "\n".join(lines) + "\n"
+
+
+def _params(params: object) -> str:
+    if not params:
+        return ""
+    return "(" + ", ".join(f"{key}={value}" for key, value in params.items()) + ")"  # type: ignore[union-attr]
 
 
 def _rows(resolved: ResolvedConfig) -> dict[str, list[tuple[str, object, object, str]]]:

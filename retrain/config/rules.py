@@ -7,6 +7,7 @@ reject at startup.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 
@@ -128,6 +129,18 @@ def _engine(config: Config, sources: Sources) -> list[ConfigIssue]:
     return []
 
 
+def _inference(config: Config, sources: Sources) -> list[ConfigIssue]:
+    """What the in-process pytorch engine cannot honour on the configured devices."""
+    from retrain.engines.settings import inference_issues
+
+    try:
+        parse_devices(config.backend.devices)
+    except ValueError:
+        return []  # reported by _devices
+    return [dataclasses.replace(issue, where=_where(sources, issue.section, issue.key))
+            for issue in inference_issues(config)]
+
+
 def _model(config: Config, sources: Sources) -> list[ConfigIssue]:
     issues = []
     if config.model.base_url and config.backend.backend != "tinker":
@@ -205,6 +218,7 @@ RULES: tuple[Callable[[Config, Sources], list[ConfigIssue]], ...] = (
     _backpressure,
     _reward,
     _engine,
+    _inference,
     _model,
     _data,
     _clipping,

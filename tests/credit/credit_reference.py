@@ -143,3 +143,24 @@ def assert_close(actual, expected) -> None:
     expected_array = np.asarray(expected, dtype=np.float64)
     scale = max(1.0, float(np.abs(expected_array).max(initial=0.0)))
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected_array, rtol=1e-6, atol=1e-6 * scale)
+
+
+def find_grams(grams: list[str], text: str) -> set[tuple[int, int]]:
+    """Every (start, end) where a gram occurs: tried at every start position, the longest
+    gram first; words separated by whitespace or hyphens, any case, on word boundaries."""
+    import re
+
+    def word_char(index: int) -> bool:
+        return 0 <= index < len(text) and (text[index].isalnum() or text[index] == "_")
+
+    found = set()
+    for start in range(len(text)):
+        if word_char(start - 1):
+            continue
+        for gram in sorted(grams, key=len, reverse=True):
+            words = [re.escape(word).replace("'", "['\u2019]") for word in gram.lower().split()]
+            match = re.compile(r"[\s\-]+".join(words), re.IGNORECASE).match(text, start)
+            if match and not word_char(match.end()):
+                found.add(match.span())
+                break
+    return found

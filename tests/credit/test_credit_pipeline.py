@@ -383,3 +383,13 @@ def test_probe_surfaces_a_shape_error_before_any_model(bad_plugins):
     pipeline = build_credit_pipeline(make_config(bad_plugins, transform_mode="bad_plugins.wrong_rows"))
     with pytest.raises(PluginOutputError, match="rows for 12 completions"):
         pipeline.probe()
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_load_errors_stop_the_build_whatever_strict_says(bad_plugins, strict):
+    from retrain.registry import PluginAttributeError, PluginNotFoundError
+
+    with pytest.raises(PluginNotFoundError):
+        build_credit_pipeline(make_config(bad_plugins, strict=strict, transform_mode="bad_plugin.short_rows"))
+    with pytest.raises(PluginAttributeError, match="did you mean 'short_rows'"):
+        build_credit_pipeline(make_config(bad_plugins, strict=strict, transform_mode="bad_plugins.short_row"))

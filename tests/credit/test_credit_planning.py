@@ -195,3 +195,14 @@ def test_credit_modules_do_not_import_heavy_packages():
             "if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["wait", "let", "me", "check", "Let", "ME", "think", "the", "key", "insight", "x",
+                                 "lettuce", "rewait", "double", "that's", "not", "right", "3", "alternatively"]),
+                max_size=25),
+       st.lists(st.sampled_from([" ", "  ", "-", "\n", ", ", ". "]), min_size=25, max_size=25))
+def test_regex_finds_exactly_what_the_reference_finds(words, separators):
+    text = "".join(word + separator for word, separator in zip(words, separators))
+    grams = list(DEFAULT_STRATEGIC_GRAMS) + ["double-check", "wait"]
+    assert set(RegexPlanningDetector(grams=grams).find(text)) == ref.find_grams(grams, text)

@@ -201,7 +201,7 @@ def test_declared_params_report_every_problem_together():
     assert "5 problems" in text
     assert "[algorithm.advantage_params].scale: -1.0 is out of range" in text and "> 0" in text
     assert "[algorithm.advantage_params].rounds: expected int, got bool" in text
-    assert "[algorithm.advantage_params].mode: expected Literal['fast', 'exact'], got str 'slow'" in text
+    assert "[algorithm.advantage_params].mode: 'slow' is not a valid choice — choose one of 'fast', 'exact'" in text
     assert "[algorithm.advantage_params].names: expected list[str]" in text
     assert "has no parameter 'scael'" in text and "did you mean 'scale'" in text
 

@@ -1,0 +1,87 @@
+"""Helpers shared by the local backend tests: configs, prompts and a minimal GRPO step."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from retrain.config.schema import BackendConfig, Config, InferenceConfig, ModelConfig, TrainingConfig
+from retrain.data.arithmetic import ArithmeticSource
+from retrain.types import Example, SampleBatch, TrainBatch
+
+
+def local_config(
+    model_dir: Path | str,
+    *,
+    lora_rank: int = 0,
+    devices: str = "cpu",
+    seed: int = 0,
+    lr: float = 1e-3,
+    prefix_caching: bool = True,
+    options: dict | None = None,
+    **sections: object,
+) -> Config:
+    """A config for the local backend on ``model_dir``; ``sections`` replace whole sections."""
+    config = Config(
+        backend=BackendConfig(backend="local", devices=devices, options=dict(options or {})),
+        model=ModelConfig(model=str(model_dir), lora_rank=lora_rank),
+        training=TrainingConfig(seed=seed, lr=lr, temperature=1.0, max_tokens=4),
+        inference=InferenceConfig(prefix_caching=prefix_caching),
+    )
+    return dataclasses.replace(config, **sections)
+
+
+def encode_prompts(tokenizer, examples: list[Example]) -> list[list[int]]:
+    """Chat-templated token ids of each example's messages."""
+    texts = [tokenizer.apply_chat_template(list(e.messages), tokenize=False, add_generation_prompt=True) for e in examples]
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+
+
+def arithmetic_examples(count: int, seed: int = 0) -> list[Example]:
+    examples = ArithmeticSource(Config(training=TrainingConfig(seed=seed))).examples()
+    return examples[:count]
+
+
+def grpo_train_batch(samples: SampleBatch, rewards_N: np.ndarray, temperature: float) -> TrainBatch:
+    """Every completion with its GRPO advantage r - mean(group r) on every token."""
+    group = samples.group_size
+    rewards_P_G = rewards_N.reshape(-1, group)
+    advantages_N = (rewards_P_G - rewards_P_G.mean(axis=1, keepdims=True)).reshape(-1)
+    token_advantages = np.where(samples.mask_N_T, advantages_N[:, None], 0.0).astype(np.float32)
+    return TrainBatch(
+        prompt_token_ids=samples.prompt_token_ids,
+        token_ids_N_T=samples.token_ids_N_T,
+        mask_N_T=samples.mask_N_T,
+        sampler_logprobs_N_T=samples.logprobs_N_T,
+        token_advantages_N_T=token_advantages,
+        prompt_index_N=np.repeat(np.arange(samples.num_prompts), group),
+        temperature=temperature,
+    )
+
+
+def match_rewards(samples: SampleBatch, examples: list[Example]) -> np.ndarray:
+    """1.0 where the stripped completion equals the reference, else 0.0."""
+    group = samples.group_size
+    return np.array([float(text.strip() == examples[row // group].reference) for row, text in enumerate(samples.texts)])
+
+
+def random_train_batch(rng: np.random.Generator, prompts: list[list[int]], group: int, width: int,
+                       vocab: int, eos: int) -> TrainBatch:
+    """A batch of random completions (right-padded, some ending early) with random advantages."""
+    rows = len(prompts) * group
+    tokens = rng.integers(4, vocab, size=(rows, width))
+    lengths = rng.integers(1, width + 1, size=rows)
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    tokens[np.arange(rows), lengths - 1] = eos
+    tokens[~mask] = 0
+    return TrainBatch(
+        prompt_token_ids=prompts,
+        token_ids_N_T=tokens,
+        mask_N_T=mask,
+        sampler_logprobs_N_T=np.where(mask, rng.normal(-2.0, 0.5, size=(rows, width)), 0.0).astype(np.float32),
+        token_advantages_N_T=np.where(mask, rng.normal(size=(rows, width)), 0.0).astype(np.float32),
+        prompt_index_N=np.repeat(np.arange(len(prompts)), group),
+        temperature=0.8,
+    )
