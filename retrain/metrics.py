@@ -55,10 +55,6 @@ def metrics_row(record: StepRecord, step_time_s: float, skipped_updates: int) ->
         "skipped_updates": skipped_updates,
         "policy_version": record.policy_version,
         "policy_staleness": max(0, record.policy_version - int(trained) - samples.policy_version),
-        **collected.counts,
-        **{key: float(value) for key, value in record.credit.metrics.items()},
-        **{f"backend_{key}" if key in _CLASHING else key: value for key, value in record.train.metrics.items()
-           if key != "loss"},
         **timings,
         "step_time_s": step_time_s,
         "overhead_time_s": max(0.0, step_time_s - compute_s),
@@ -66,8 +62,20 @@ def metrics_row(record: StepRecord, step_time_s: float, skipped_updates: int) ->
         "tokens_per_s": completion_tokens / step_time_s if step_time_s > 0 else 0.0,
         "peak_rss_mb": peak_rss_mb(),
     }
+    extras: dict[str, object] = {
+        **collected.counts,
+        **{key: float(value) for key, value in record.credit.metrics.items()},
+        **{f"backend_{key}" if key in _CLASHING else key: value for key, value in record.train.metrics.items()
+           if key != "loss"},
+    }
+    # The step's own fields win over a stage's copy of the same number (the credit
+    # stage's float group counts, the backend's policy version), so a field keeps one
+    # meaning and one type in every row.
+    row.update((key, value) for key, value in extras.items() if key not in row)
     return row
 
 
 # Train metrics that would overwrite a step-level field of the same name.
-_CLASHING = frozenset({"step", "skipped", "completion_tokens", "step_time_s", "train_time_s"})
+# ``skipped_updates``: the backend counts only its own non-finite skips, the row every
+# step without an update.
+_CLASHING = frozenset({"step", "skipped", "skipped_updates", "completion_tokens", "step_time_s", "train_time_s"})

@@ -39,6 +39,7 @@ from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
 
 from retrain import registry_names
+from retrain.config.loader import fits_type
 from retrain.config.schema import PluginsConfig
 from retrain.errors import ConfigError, ConfigIssue, PluginError
 
@@ -550,40 +551,13 @@ def type_problem(declared: object, value: object) -> tuple[str, str] | None:
 
 
 def _fits(declared: object, value: object) -> bool:
-    if declared is typing.Any or declared is object:
-        return True
-    if declared is bool:
-        return isinstance(value, bool)
-    if declared is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if declared is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if declared is str:
-        return isinstance(value, str)
-    origin = typing.get_origin(declared)
-    arguments = typing.get_args(declared)
-    if origin is typing.Literal:
-        return any(value == choice and type(value) is type(choice) for choice in arguments)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(argument, value) for argument in arguments)
-    if declared is type(None):
-        return value is None
-    if origin is list or declared is list:
-        return isinstance(value, list) and all(_fits(arguments[0], item) for item in value) if arguments else isinstance(value, list)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            return False
-        if len(arguments) == 2 and arguments[1] is Ellipsis:
-            return all(_fits(arguments[0], item) for item in value)
-        return len(arguments) == len(value) and all(_fits(a, item) for a, item in zip(arguments, value))
-    if origin is dict or declared is dict:
-        if not isinstance(value, dict):
-            return False
-        return all(_fits(arguments[1], item) for item in value.values()) if arguments else True
-    raise PluginSignatureError(
-        f"parameter type {_type_name(declared)} is not supported in a plugin params dataclass; "
-        "use bool, int, float, str, Literal[...], list[...], tuple[...], dict[str, ...] or X | None"
-    )
+    try:
+        return fits_type(declared, value)
+    except TypeError as exc:
+        raise PluginSignatureError(
+            f"{exc} in a plugin params dataclass; use bool, int, float, str, Literal[...], list[...], "
+            "tuple[...], dict[str, ...] or X | None"
+        ) from exc
 
 
 def bounds_problem(declared_field: dataclasses.Field, value: object) -> tuple[str, str] | None:  # type: ignore[type-arg]

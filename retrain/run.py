@@ -22,6 +22,8 @@ import logging
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from retrain.atomic import write_atomic
-from retrain.config.loader import ResolvedConfig, replace_setting
+from retrain.config.loader import ResolvedConfig, load_config, replace_setting
 from retrain.config.schema import Config
-from retrain.config.snapshot import write_snapshot
+from retrain.config.snapshot import config_to_dict, write_snapshot
 from retrain import registry_names
 from retrain.errors import PluginError, RetrainError
 from retrain.registry import resolve
@@ -280,6 +282,84 @@ def prepare_log_dir(config: Config, resuming: bool) -> Path:
     return log_dir
 
 
+# Settings a resumed run may change: they decide how long it runs, what it logs and where,
+# never what it computes, so the resumed steps stay the steps the first run would have taken.
+RESUMABLE_CHANGES = frozenset({
+    "training.max_steps", "training.save_every", "resume.from", "logging.log_dir", "logging.wandb_project",
+    "logging.wandb_run_name", "logging.wandb_entity", "logging.wandb_group", "logging.wandb_tags",
+    "logging.generations_per_step",
+})
+
+
+def _flat_settings(config: Config) -> dict[str, object]:
+    """Every setting as ``{"section.key": value}``, secrets blanked as in the snapshot."""
+    return {f"{section}.{key}": value for section, table in config_to_dict(config).items() for key, value in table.items()}
+
+
+def check_resume_settings(config: Config, log_dir: Path, state: dict[str, object]) -> Config:
+    """The config a resumed run continues with: the snapshot's settings, except the
+    ones in ``RESUMABLE_CHANGES`` (a larger ``max_steps`` extends a finished run).
+
+    Any other setting that differs from ``<log_dir>/config.toml`` would make the resumed
+    steps differ from the ones the run would have taken, so it is an error.
+    """
+    snapshot_path = log_dir / CONFIG_FILE
+    if not snapshot_path.is_file():
+        raise RetrainError(f"cannot resume: {snapshot_path} (the run's config snapshot) does not exist")
+    snapshot = load_config(snapshot_path, environ={})
+    if config.training.seed < 0:
+        # "a fresh seed" in the config: the run's own seed is the one in its snapshot
+        config = replace_setting(config, "training.seed", snapshot.training.seed)
+    before, now = _flat_settings(snapshot), _flat_settings(config)
+    changed = sorted(key for key in before if key not in RESUMABLE_CHANGES and before[key] != now.get(key))
+    if changed:
+        shown = ", ".join(f"{key} = {now.get(key)!r} (the run has {before[key]!r})" for key in changed[:6])
+        raise RetrainError(
+            f"cannot resume {log_dir}: the config differs from the run's snapshot {snapshot_path}: {shown}"
+            f"{' ...' if len(changed) > 6 else ''} — resume with `retrain --resume {log_dir}` and no other "
+            "settings (only max_steps, save_every and logging outputs may change), or start a new --log-dir"
+        )
+    done = int(state["step"])  # type: ignore[arg-type]
+    if config.training.max_steps < done:
+        raise RetrainError(
+            f"cannot resume {log_dir}: it has already completed {done} steps but max_steps is "
+            f"{config.training.max_steps} — give --max-steps {done} or more"
+        )
+    return config
+
+
+class StopRequest:
+    """Ctrl-C during training: the first one lets the current step finish, saves a
+    checkpoint and stops the run (``KeyboardInterrupt``, exit code 130); a second one
+    stops at once, losing the steps since the last checkpoint.
+
+    Only installed in the main thread, and not where SIGINT is ignored (a background job).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: object = None
+        self.installed = False
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.installed = True
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("interrupted: finishing this step and saving a checkpoint (press Ctrl-C again to stop now)")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous)  # type: ignore[arg-type]
+            self.installed = False
+
+
 def run_training(resolved: ResolvedConfig) -> RunSummary:
     """Plan, build, (resume,) train and checkpoint a run."""
     from retrain.metrics import metrics_row
@@ -289,15 +369,22 @@ def run_training(resolved: ResolvedConfig) -> RunSummary:
     if resume_dir is not None and Path(config.logging.log_dir) != resume_dir:
         logger.info("resuming into %s (the run's own log_dir)", resume_dir)
         config = replace_setting(config, "logging.log_dir", str(resume_dir))
-        resolved = dataclasses.replace(resolved, config=config)
     state = read_trainer_state(resume_dir) if resume_dir else None
+    if resume_dir is not None and state is not None:
+        config = check_resume_settings(config, resume_dir, state)
+    resolved = dataclasses.replace(resolved, config=config)
     plan = plan_run(resolved)
     log_dir = prepare_log_dir(config, resuming=state is not None)
     run = build_run(plan, state)
     if state is None:
+        # Rows left by an earlier attempt in this folder that never reached a checkpoint
+        # (it had no trainer_state.json): this run logs those steps afresh.
+        run.sinks.truncate_after(0)  # type: ignore[attr-defined]
         write_snapshot(run.config, log_dir / CONFIG_FILE)
     else:
         restore(run, state)
+        # A later plain `--resume` continues with what this one was given (say a larger max_steps).
+        write_snapshot(replace_setting(run.config, "resume.from", ""), log_dir / CONFIG_FILE)
     last_row: dict[str, object] = {}
     skipped_updates = int(state.get("skipped_updates", 0)) if state else 0  # type: ignore[arg-type]
     try:
@@ -305,16 +392,21 @@ def run_training(resolved: ResolvedConfig) -> RunSummary:
 
         max_steps = run.config.training.max_steps
         save_every = run.config.training.save_every
-        for step in range(run.start_step, max_steps + 1):
-            started = time.perf_counter()
-            record = rl_step(run, step)
-            skipped_updates += int(record.train.skipped)
-            last_row = metrics_row(record, time.perf_counter() - started, skipped_updates)
-            run.sinks.log_step(last_row)  # type: ignore[attr-defined]
-            run.sinks.log_generations(step, record.collected.examples, record.collected.samples,  # type: ignore[attr-defined]
-                                      record.collected.rewards_P_G.reshape(-1))
-            if step == max_steps or (save_every and step % save_every == 0):
-                save_checkpoint(run, step, {"skipped_updates": skipped_updates})
+        with StopRequest() as stop:
+            for step in range(run.start_step, max_steps + 1):
+                started = time.perf_counter()
+                record = rl_step(run, step)
+                skipped_updates += int(record.train.skipped)
+                last_row = metrics_row(record, time.perf_counter() - started, skipped_updates)
+                run.sinks.log_step(last_row)  # type: ignore[attr-defined]
+                run.sinks.log_generations(step, record.collected.examples, record.collected.samples,  # type: ignore[attr-defined]
+                                          record.collected.rewards_P_G.reshape(-1))
+                if step == max_steps or (save_every and step % save_every == 0) or stop.requested:
+                    save_checkpoint(run, step, {"skipped_updates": skipped_updates})
+                if stop.requested and step < max_steps:
+                    logger.warning("stopped after step %d of %d; continue with `retrain --resume %s`",
+                                   step, max_steps, log_dir)
+                    raise KeyboardInterrupt
         final = run.adapter_dir / "final"
         run.backend.save_adapter(final)  # type: ignore[attr-defined]
     finally:
@@ -322,4 +414,3 @@ def run_training(resolved: ResolvedConfig) -> RunSummary:
         run.sinks.close()  # type: ignore[attr-defined]
         run.backend.shutdown()  # type: ignore[attr-defined]
     return RunSummary(log_dir, run.adapter_dir, final, max_steps, last_row)
-

@@ -30,6 +30,7 @@ import logging
 import resource
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,11 @@ class LocalBackend:
         else:
             model = self._add_lora(model)
         if self.options.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:  # transformers before 5.x
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         model.train()
         return tokenizer, model
@@ -136,7 +141,10 @@ class LocalBackend:
             task_type="CAUSAL_LM",
         )
         # LoRA's A matrices are drawn at random: seed them so a run is reproducible.
-        with torch.random.fork_rng(devices=[self.train_device] if self.train_device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[self.train_device] if self.train_device.type == "cuda" else []), \
+                warnings.catch_warnings():
+            # PEFT reads a property that transformers 5 renamed; the warning is not ours to act on.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
             torch.manual_seed(max(self.seed, 0))
             return get_peft_model(model, lora)
 

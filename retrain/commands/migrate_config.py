@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from retrain.atomic import write_atomic
+from retrain.config.loader import decode_config, read_config_bytes
 from retrain.config.migrate import Migration, migrate_text
 from retrain.errors import ConfigError, ConfigIssue, UsageError
 
@@ -155,27 +156,6 @@ def main(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------------------------------
 # Reading and writing
-
-
-def read_config_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ConfigError(ConfigIssue(str(path), "", "", "config file not found", "check the path")) from exc
-    except OSError as exc:
-        raise ConfigError(ConfigIssue(str(path), "", "", f"cannot read the file ({exc.strerror})", "check the path")) from exc
-
-
-def decode_config(raw: bytes, label: str) -> str:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            ConfigIssue(f"{label}:byte {exc.start}", "", "", "not a UTF-8 text file", "a config must be TOML text")
-        ) from exc
-    if "\x00" in text:
-        raise ConfigError(ConfigIssue(label, "", "", "binary data (NUL bytes) in the file", "a config must be TOML text"))
-    return text
 
 
 def write_file(path: Path, data: bytes, mode: int | None) -> None:

@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="retrain plugins", description=__doc__.splitlines()[0].split(": ", 1)[1])
-    parser.add_argument("config", nargs="?", help="config whose [plugins] search_paths to use (default: the defaults)")
+    parser.add_argument("config", nargs="?", help="config whose [plugins] search_paths to use (default: search_paths = [\"plugins\"] in the working directory)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return parser
 

@@ -17,6 +17,8 @@ import math
 import os
 import re
 import tomllib
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,23 +123,33 @@ def parse_toml_text(text: str, label: str) -> dict[str, object]:
         ) from exc
 
 
-def read_toml(path: Path) -> tuple[dict[str, object], dict[tuple[object, ...], int]]:
-    """Read a config file: its data and the line of every key."""
+def read_config_bytes(path: Path) -> bytes:
+    """The bytes of a config file, or a ``ConfigError`` saying why they cannot be read."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError as exc:
         fix = "run `retrain init` to write a starter config" if path.name == DEFAULT_CONFIG else "check the path"
         raise ConfigError(ConfigIssue(str(path), "", "", "config file not found", fix)) from exc
     except OSError as exc:
         raise ConfigError(ConfigIssue(str(path), "", "", f"cannot read the file ({exc.strerror})", "check the path")) from exc
+
+
+def decode_config(raw: bytes, label: str) -> str:
+    """Config bytes as text; binary or non-UTF-8 data is a ``ConfigError``."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            ConfigIssue(f"{path}:byte {exc.start}", "", "", "not a UTF-8 text file", "a config must be TOML text")
+            ConfigIssue(f"{label}:byte {exc.start}", "", "", "not a UTF-8 text file", "a config must be TOML text")
         ) from exc
     if "\x00" in text:
-        raise ConfigError(ConfigIssue(str(path), "", "", "binary data (NUL bytes) in the file", "a config must be TOML text"))
+        raise ConfigError(ConfigIssue(label, "", "", "binary data (NUL bytes) in the file", "a config must be TOML text"))
+    return text
+
+
+def read_toml(path: Path) -> tuple[dict[str, object], dict[tuple[object, ...], int]]:
+    """Read a config file: its data and the line of every key."""
+    text = decode_config(read_config_bytes(path), str(path))
     data = parse_toml_text(text, str(path))
     if not data:
         raise ConfigError(
@@ -516,7 +528,11 @@ def _type_fix(declared: object, value: object) -> str:
     return f"write {_expected_name(declared)}"
 
 
-def _type_ok(declared: object, value: object) -> bool:
+def fits_type(declared: object, value: object) -> bool:
+    """Whether a value read from TOML has the declared type, exactly: an int is accepted
+    for a float, nothing else is coerced, and a bool is never an int."""
+    if declared is typing.Any or declared is object:
+        return True
     if declared is bool:
         return isinstance(value, bool)
     if declared is int:
@@ -525,18 +541,32 @@ def _type_ok(declared: object, value: object) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if declared is str:
         return isinstance(value, str)
-    origin = getattr(declared, "__origin__", None)
-    if origin is list:
-        (item,) = declared.__args__  # type: ignore[attr-defined]
-        return isinstance(value, list) and all(_type_ok(item, element) for element in value)
+    if declared is type(None):
+        return value is None
+    origin = typing.get_origin(declared)
+    arguments = typing.get_args(declared)
+    if origin is typing.Literal:
+        return any(value == choice and type(value) is type(choice) for choice in arguments)
+    if origin in (typing.Union, types.UnionType):
+        return any(fits_type(argument, value) for argument in arguments)
+    if origin is list or declared is list:
+        return isinstance(value, list) and (not arguments or all(fits_type(arguments[0], item) for item in value))
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(arguments) == 2 and arguments[1] is Ellipsis:
+            return all(fits_type(arguments[0], item) for item in value)
+        return len(arguments) == len(value) and all(fits_type(a, item) for a, item in zip(arguments, value))
     if origin is dict or declared is dict:
-        return isinstance(value, dict)
-    raise TypeError(f"unsupported setting type {declared!r}")
+        return isinstance(value, dict) and (not arguments or all(fits_type(arguments[1], v) for v in value.values()))
+    if dataclasses.is_dataclass(declared):
+        return isinstance(value, declared)  # type: ignore[arg-type]
+    raise TypeError(f"type {declared!r} is not supported")
 
 
 def check_value(spec: FieldSpec, value: object) -> list[tuple[str, str]]:
     """Problems with one value as (problem, fix) pairs; empty when the value is valid."""
-    if not _type_ok(spec.type, value):
+    if not fits_type(spec.type, value):
         shown = _shown(value)
         return [(f"expected {_expected_name(spec.type)}, got {toml_type_name(value)} {shown}", _type_fix(spec.type, value))]
     problems: list[tuple[str, str]] = []

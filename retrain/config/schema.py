@@ -246,7 +246,8 @@ class GTPOConfig:
 
 @dataclass(frozen=True)
 class HICRAConfig:
-    alpha: float = setting(0.2, "HICRA planning-token amplification; 0 disables it", ge=0.0, le=1000.0)
+    # a + alpha*|a| keeps the sign of a negative advantage only while alpha < 1.
+    alpha: float = setting(0.2, "HICRA planning-token amplification; 0 disables it (must stay below 1)", ge=0.0, lt=1.0)
 
 
 @dataclass(frozen=True)
