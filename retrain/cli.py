@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in SUBCOMMANDS:
         command = args.pop(0)
     elif args and not args[0].startswith("-") and not args[0].endswith(".toml") and not Path(args[0]).exists():
-        from retrain.config.loader import did_you_mean
+        from retrain.config.values import did_you_mean
 
         hint = did_you_mean(args[0], SUBCOMMANDS, "")
         if hint:

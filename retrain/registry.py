@@ -39,7 +39,7 @@ from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
 
 from retrain import registry_names
-from retrain.config.loader import fits_type
+from retrain.config.values import fits_type
 from retrain.config.schema import PluginsConfig
 from retrain.errors import ConfigError, ConfigIssue, PluginError
 

@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
             print(f"{name.ljust(width)}  {description}")
         return 0
     if args.template not in TEMPLATES:
-        from retrain.config.loader import did_you_mean
+        from retrain.config.values import did_you_mean
 
         raise UsageError(f"init: unknown template '{args.template}' — "
                          + did_you_mean(args.template, TEMPLATES, f"choose one of {', '.join(TEMPLATES)}"))

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from retrain.config.loader import Override, did_you_mean
+from retrain.config.loader import Override
+from retrain.config.values import did_you_mean
 from retrain.config.schema import ALL_FIELDS, FieldSpec
 from retrain.errors import UsageError
 

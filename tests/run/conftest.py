@@ -1,0 +1,34 @@
+"""Session fixtures for the end-to-end runs: one cache folder with the tiny model built."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli_runs import cli_environment, describe
+
+
+@pytest.fixture(scope="session")
+def retrain_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder shared by every run of the session, with the tiny model built.
+
+    The model is built in a subprocess with the runs' environment, so it is the model
+    the runs load and the test process keeps its own thread settings.
+    """
+    cache = tmp_path_factory.mktemp("retrain-cache")
+    build = subprocess.run(
+        [sys.executable, "-c", "from retrain.models.tiny import ensure_tiny_model; print(ensure_tiny_model())"],
+        env=cli_environment(cache), capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert build.returncode == 0, describe(build)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(retrain_cache: Path) -> Path:
+    from retrain.models.tiny import ensure_tiny_model
+
+    return ensure_tiny_model(retrain_cache)
