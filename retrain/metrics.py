@@ -65,7 +65,7 @@ def metrics_row(record: StepRecord, step_time_s: float, skipped_updates: int) ->
     extras: dict[str, object] = {
         **collected.counts,
         **{key: float(value) for key, value in record.credit.metrics.items()},
-        **{f"backend_{key}" if key in _CLASHING else key: value for key, value in record.train.metrics.items()
+        **{f"train/{key}" if key in _CLASHING else key: value for key, value in record.train.metrics.items()
            if key != "loss"},
     }
     # The step's own fields win over a stage's copy of the same number (the credit
