@@ -93,6 +93,8 @@ class LocalBackend:
             betas=(config.optimizer.beta1, config.optimizer.beta2),
             eps=config.optimizer.eps,
             weight_decay=config.training.weight_decay,
+            # One kernel for all parameters instead of a dozen small ops per tensor.
+            fused=True,
         )
         self._engine = self._build_engine()
 

@@ -108,6 +108,32 @@ class PyTorchEngine:
             )
         return self._package(prompt_token_ids, n, tokens, logprobs, entropies, lengths, stopped, version)
 
+    def _prefill(self, prompts: list[list[int]], n: int):
+        """Run the prompts once; return the KV cache, next-token logits, attention mask and
+        next position for each of the ``len(prompts) * n`` rows, and whether a mask is needed."""
+        prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id, self.device)
+        if not self.prefix_caching:
+            prompt_ids = prompt_ids.repeat_interleave(n, dim=0)
+            prompt_mask = prompt_mask.repeat_interleave(n, dim=0)
+        # Without left padding the causal mask alone is exact, and attention skips building
+        # an explicit mask (new tokens are appended to every row alike).
+        needs_mask = not bool(prompt_mask.all())
+        out = self.model(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask if needs_mask else None,
+            position_ids=(prompt_mask.cumsum(dim=1) - 1).clamp(min=0),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache, last_logits, attention = out.past_key_values, out.logits[:, -1], prompt_mask
+        next_position = prompt_mask.sum(dim=1)
+        if self.prefix_caching and n > 1:
+            cache.batch_repeat_interleave(n)
+            last_logits = last_logits.repeat_interleave(n, dim=0)
+            attention = attention.repeat_interleave(n, dim=0)
+            next_position = next_position.repeat_interleave(n)
+        return cache, last_logits, attention, next_position, needs_mask
+
     def _sample(
         self,
         prompts: list[list[int]],
@@ -119,32 +145,7 @@ class PyTorchEngine:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         device = self.device
         num_rows = len(prompts) * n
-        prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id, device)
-        if not self.prefix_caching:
-            prompt_ids = prompt_ids.repeat_interleave(n, dim=0)
-            prompt_mask = prompt_mask.repeat_interleave(n, dim=0)
-        # Without left padding the causal mask alone is exact, and attention skips building
-        # an explicit mask (new tokens are appended to every row alike).
-        needs_mask = not bool(prompt_mask.all())
-        positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask if needs_mask else None,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = out.past_key_values
-        last_logits = out.logits[:, -1]
-        attention = prompt_mask
-        if self.prefix_caching and n > 1:
-            cache.batch_repeat_interleave(n)
-            last_logits = last_logits.repeat_interleave(n, dim=0)
-            attention = attention.repeat_interleave(n, dim=0)
-        next_position = prompt_mask.sum(dim=1)
-        if self.prefix_caching:
-            next_position = next_position.repeat_interleave(n)
-
+        cache, last_logits, attention, next_position, needs_mask = self._prefill(prompts, n)
         tokens_out = torch.full((num_rows, max_tokens), self.pad_token_id, dtype=torch.long, device=device)
         logprobs_out = torch.zeros((num_rows, max_tokens), dtype=torch.float32, device=device)
         entropies_out = torch.zeros((num_rows, max_tokens), dtype=torch.float32, device=device) if want_entropies else None

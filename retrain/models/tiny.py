@@ -64,6 +64,7 @@ MODEL_SHAPE = {
     "num_key_value_heads": 2,
     "head_dim": 64,
     "max_position_embeddings": 512,
+    "tie_word_embeddings": True,
 }
 
 WARM_START_STEPS = 100
@@ -144,7 +145,6 @@ def build_tiny_model(directory: Path, seed: int = BUILD_SEED) -> None:
     config = AutoConfig.for_model(
         "qwen3",
         vocab_size=len(tokenizer),
-        tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -1,0 +1,226 @@
+"""Step time of retrain's local backend + pytorch engine against TRL's GRPOTrainer.
+
+Both sides run the same model and the same RL step: 8 prompts x 16 completions of the
+arithmetic task, temperature 1.0, exact-match reward, group-relative advantages, no KL
+term, full fine-tuning with AdamW, on the CPU. Reported per setting: the median wall
+time of a step after warm-up, the mean completion length (to show both sides generated
+the same amount), and for retrain the share of the step spent outside sampling and the
+update (reward, advantages, batch assembly, weight sync).
+
+Two models: ``warm`` is ``retrain/tiny`` as users get it (it answers in about two
+tokens, so 4 and 32 new tokens cost about the same), ``random`` is the same
+architecture with untrained weights, which rarely emits end-of-turn and so really
+generates up to ``max_tokens``.
+
+    python tests/bench/bench_step.py                     # both models, 4 and 32 tokens
+    python tests/bench/bench_step.py --models warm --max-tokens 4 --steps 30
+    python tests/bench/bench_step.py --skip-trl --json   # retrain only, machine-readable
+
+TRL comes from the ``bench`` extra (``pip install -e '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROMPTS = 8
+GROUP = 16
+LEARNING_RATE = 4e-4
+WARMUP_STEPS = 3
+
+
+def build_models(cache: Path) -> dict[str, Path]:
+    """The warm-started tiny model and an untrained model of the same shape."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from retrain.models.tiny import ensure_tiny_model
+
+    warm = ensure_tiny_model(cache)
+    random_dir = cache / "tiny-untrained"
+    if not random_dir.exists():
+        config = AutoConfig.from_pretrained(warm)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(config)
+        model.save_pretrained(random_dir)
+        AutoTokenizer.from_pretrained(warm).save_pretrained(random_dir)
+    return {"warm": warm, "random": random_dir}
+
+
+def bench_retrain(model_dir: Path, max_tokens: int, steps: int) -> dict[str, float]:
+    from retrain.backends.local import LocalBackend
+    from retrain.config.schema import BackendConfig, Config, ModelConfig, TrainingConfig
+    from retrain.data.arithmetic import ArithmeticSource
+    from retrain.types import TrainBatch
+
+    config = Config(
+        backend=BackendConfig(backend="local", devices="cpu"),
+        model=ModelConfig(model=str(model_dir), lora_rank=0),
+        training=TrainingConfig(seed=0, lr=LEARNING_RATE, temperature=1.0, max_tokens=max_tokens),
+    )
+    backend = LocalBackend(config)
+    engine = backend.engine()
+    tokenizer = backend.tokenizer
+    examples = ArithmeticSource(config).examples()
+    encoded = [
+        tokenizer(tokenizer.apply_chat_template(list(e.messages), tokenize=False, add_generation_prompt=True),
+                  add_special_tokens=False)["input_ids"]
+        for e in examples
+    ]
+    totals, sampling, training, lengths = [], [], [], []
+    for step in range(WARMUP_STEPS + steps):
+        begin = time.perf_counter()
+        chosen = [(step * PROMPTS + i) % len(examples) for i in range(PROMPTS)]
+        samples = engine.generate([encoded[i] for i in chosen], GROUP, max_tokens, 1.0, 1.0)
+        sampled = time.perf_counter()
+        rewards = np.array([float(text.strip() == examples[chosen[row // GROUP]].reference)
+                            for row, text in enumerate(samples.texts)])
+        grouped = rewards.reshape(PROMPTS, GROUP)
+        advantages = (grouped - grouped.mean(axis=1, keepdims=True)).reshape(-1)
+        batch = TrainBatch(
+            prompt_token_ids=samples.prompt_token_ids,
+            token_ids_N_T=samples.token_ids_N_T,
+            mask_N_T=samples.mask_N_T,
+            sampler_logprobs_N_T=samples.logprobs_N_T,
+            token_advantages_N_T=np.where(samples.mask_N_T, advantages[:, None], 0.0).astype(np.float32),
+            prompt_index_N=np.repeat(np.arange(PROMPTS), GROUP),
+            temperature=1.0,
+        )
+        train_begin = time.perf_counter()
+        backend.train_step(batch)
+        train_end = time.perf_counter()
+        backend.sync_engine_weights()
+        end = time.perf_counter()
+        if step >= WARMUP_STEPS:
+            totals.append(end - begin)
+            sampling.append(sampled - begin)
+            training.append(train_end - train_begin)
+            lengths.append(float(samples.lengths_N.mean()))
+    outside = [(t - s - u) / t for t, s, u in zip(totals, sampling, training)]
+    return {
+        "step_s": statistics.median(totals),
+        "sample_s": statistics.median(sampling),
+        "train_s": statistics.median(training),
+        "outside_share": statistics.median(outside),
+        "mean_length": statistics.mean(lengths),
+    }
+
+
+def bench_trl(model_dir: Path, max_tokens: int, steps: int) -> dict[str, float]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from retrain.config.schema import Config
+    from retrain.data.arithmetic import ArithmeticSource
+
+    examples = ArithmeticSource(Config()).examples()
+    dataset = Dataset.from_list([{"prompt": list(e.messages), "answer": e.reference} for e in examples])
+
+    def exact_match(completions, answer, **_):
+        return [float(c[0]["content"].strip() == a) for c, a in zip(completions, answer)]
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.begin = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self.begin)
+
+    timer = StepTimer()
+    lengths: list[float] = []
+
+    class LengthLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(float(logs["completions/mean_length"]))
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = GRPOConfig(
+            output_dir=output_dir,
+            per_device_train_batch_size=PROMPTS * GROUP,
+            num_generations=GROUP,
+            max_completion_length=max_tokens,
+            beta=0.0,
+            learning_rate=LEARNING_RATE,
+            temperature=1.0,
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            max_steps=WARMUP_STEPS + steps,
+            save_strategy="no",
+            logging_steps=1,
+            disable_tqdm=True,
+            seed=0,
+        )
+        trainer = GRPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(model_dir),
+            reward_funcs=exact_match,
+            args=args,
+            train_dataset=dataset,
+            processing_class=AutoTokenizer.from_pretrained(model_dir),
+            callbacks=[timer, LengthLog()],
+        )
+        trainer.train()
+    return {
+        "step_s": statistics.median(timer.times[WARMUP_STEPS:]),
+        "mean_length": statistics.mean(lengths[WARMUP_STEPS:]) if len(lengths) > WARMUP_STEPS else float("nan"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="warm,random", help="comma list of warm, random")
+    parser.add_argument("--max-tokens", default="4,32", help="comma list of max new tokens")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per run (after warm-up)")
+    parser.add_argument("--skip-trl", action="store_true", help="time retrain only")
+    parser.add_argument("--cache", type=Path, default=None, help="model cache folder (default: a temporary one)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per setting")
+    args = parser.parse_args(argv)
+
+    import logging
+
+    import torch
+
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory() as scratch:
+        models = build_models(args.cache or Path(scratch))
+        rows = []
+        for model_name in args.models.split(","):
+            for max_tokens in (int(value) for value in args.max_tokens.split(",")):
+                ours = bench_retrain(models[model_name], max_tokens, args.steps)
+                theirs = None if args.skip_trl else bench_trl(models[model_name], max_tokens, args.steps)
+                row = {"model": model_name, "max_tokens": max_tokens, "threads": torch.get_num_threads(),
+                       "retrain": ours, "trl": theirs}
+                if theirs:
+                    row["ratio"] = ours["step_s"] / theirs["step_s"]
+                rows.append(row)
+                if args.json:
+                    print(json.dumps(row), flush=True)
+    if not args.json:
+        print(f"{'model':7} {'tokens':>6} {'retrain s/step':>15} {'TRL s/step':>11} {'ratio':>6} "
+              f"{'outside':>8} {'len ours':>9} {'len TRL':>8}")
+        for row in rows:
+            ours, theirs = row["retrain"], row["trl"]
+            print(f"{row['model']:7} {row['max_tokens']:>6} {ours['step_s']:>15.4f} "
+                  f"{theirs['step_s'] if theirs else float('nan'):>11.4f} {row.get('ratio', float('nan')):>6.2f} "
+                  f"{ours['outside_share']:>8.1%} {ours['mean_length']:>9.2f} "
+                  f"{theirs['mean_length'] if theirs else float('nan'):>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
