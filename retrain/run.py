@@ -11,6 +11,10 @@ commit point of a checkpoint) and ``checkpoints/step_N/`` (backend state); adapt
 to ``[backend] adapter_path``/``checkpoint_step_N`` and ``final``. A checkpoint's pieces
 are written first and ``trainer_state.json`` last, atomically, so a run killed at any
 moment resumes from the last complete checkpoint.
+
+A resumed run keeps the settings of its snapshot; only those in ``RESUMABLE_CHANGES``
+may differ (a larger ``max_steps`` extends a finished run). The first Ctrl-C finishes
+the step in progress, checkpoints it and stops (docs/checkpoints.md).
 """
 
 from __future__ import annotations
