@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"retrain: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("retrain: interrupted", file=sys.stderr)
-        return 130
+        return int(getattr(exc, "exit_code", 130))
 
 
 if __name__ == "__main__":

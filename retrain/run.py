@@ -332,89 +332,118 @@ def check_resume_settings(config: Config, log_dir: Path, state: dict[str, object
     return config
 
 
-class StopRequest:
-    """Ctrl-C during training: the first one lets the current step finish, saves a
-    checkpoint and stops the run (``KeyboardInterrupt``, exit code 130); a second one
-    stops at once, losing the steps since the last checkpoint.
+class RunInterrupted(KeyboardInterrupt):
+    """The run stopped on a signal after saving a checkpoint; exit code 128 + signal."""
 
-    Only installed in the main thread, and not where SIGINT is ignored (a background job).
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM (what job schedulers send) during training: the first
+    one lets the current step finish, saves a checkpoint and stops the run
+    (``RunInterrupted``: exit code 130 or 143); a second one stops at once, losing the
+    steps since the last checkpoint.
+
+    Only installed in the main thread, and not for a signal that is ignored (SIGINT in a
+    background job).
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self) -> None:
-        self.requested = False
-        self.previous: object = None
-        self.installed = False
+        self.signum: int | None = None
+        self.previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-            self.installed = True
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL):
+                    self.previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        logger.warning("interrupted: finishing this step and saving a checkpoint (press Ctrl-C again to stop now)")
+        if self.signum is not None:
+            raise RunInterrupted(signum)
+        self.signum = signum
+        logger.warning("%s: finishing this step and saving a checkpoint (send it again to stop now)",
+                       signal.Signals(signum).name)
 
     def __exit__(self, *exc: object) -> None:
-        if self.installed:
-            signal.signal(signal.SIGINT, self.previous)  # type: ignore[arg-type]
-            self.installed = False
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        self.previous.clear()
 
 
-def run_training(resolved: ResolvedConfig) -> RunSummary:
-    """Plan, build, (resume,) train and checkpoint a run."""
-    from retrain.metrics import metrics_row
-
-    config = resolved.config
+def resume_context(config: Config) -> tuple[Config, dict[str, object] | None]:
+    """The config a run continues with, and the state it resumes from (None: a fresh run)."""
     resume_dir = Path(config.resume.from_) if config.resume.from_ else None
-    if resume_dir is not None and Path(config.logging.log_dir) != resume_dir:
+    if resume_dir is None:
+        return config, None
+    if Path(config.logging.log_dir) != resume_dir:
         logger.info("resuming into %s (the run's own log_dir)", resume_dir)
         config = replace_setting(config, "logging.log_dir", str(resume_dir))
-    state = read_trainer_state(resume_dir) if resume_dir else None
-    if resume_dir is not None and state is not None:
-        config = check_resume_settings(config, resume_dir, state)
-    resolved = dataclasses.replace(resolved, config=config)
-    plan = plan_run(resolved)
-    log_dir = prepare_log_dir(config, resuming=state is not None)
-    run = build_run(plan, state)
+    state = read_trainer_state(resume_dir)
+    return check_resume_settings(config, resume_dir, state), state
+
+
+def start(run: Run, state: dict[str, object] | None) -> None:
+    """Write the snapshot and, when resuming, restore every piece of state."""
     if state is None:
         # Rows left by an earlier attempt in this folder that never reached a checkpoint
         # (it had no trainer_state.json): this run logs those steps afresh.
         run.sinks.truncate_after(0)  # type: ignore[attr-defined]
-        write_snapshot(run.config, log_dir / CONFIG_FILE)
-    else:
-        restore(run, state)
-        # A later plain `--resume` continues with what this one was given (say a larger max_steps).
-        write_snapshot(replace_setting(run.config, "resume.from", ""), log_dir / CONFIG_FILE)
-    last_row: dict[str, object] = {}
-    skipped_updates = int(state.get("skipped_updates", 0)) if state else 0  # type: ignore[arg-type]
-    try:
-        from retrain.step import rl_step
+        write_snapshot(run.config, run.log_dir / CONFIG_FILE)
+        return
+    restore(run, state)
+    # A later plain `--resume` continues with what this one was given (say a larger max_steps).
+    write_snapshot(replace_setting(run.config, "resume.from", ""), run.log_dir / CONFIG_FILE)
 
-        max_steps = run.config.training.max_steps
-        save_every = run.config.training.save_every
-        with StopRequest() as stop:
-            for step in range(run.start_step, max_steps + 1):
-                started = time.perf_counter()
-                record = rl_step(run, step)
-                skipped_updates += int(record.train.skipped)
-                last_row = metrics_row(record, time.perf_counter() - started, skipped_updates)
-                run.sinks.log_step(last_row)  # type: ignore[attr-defined]
-                run.sinks.log_generations(step, record.collected.examples, record.collected.samples,  # type: ignore[attr-defined]
-                                          record.collected.rewards_P_G.reshape(-1))
-                if step == max_steps or (save_every and step % save_every == 0) or stop.requested:
-                    save_checkpoint(run, step, {"skipped_updates": skipped_updates})
-                if stop.requested and step < max_steps:
-                    logger.warning("stopped after step %d of %d; continue with `retrain --resume %s`",
-                                   step, max_steps, log_dir)
-                    raise KeyboardInterrupt
+
+def train_loop(run: Run, skipped_updates: int) -> dict[str, object]:
+    """Steps ``run.start_step`` .. max_steps, with logs and checkpoints; the last row."""
+    from retrain.metrics import metrics_row
+    from retrain.step import rl_step
+
+    last_row: dict[str, object] = {}
+    max_steps = run.config.training.max_steps
+    save_every = run.config.training.save_every
+    with StopRequest() as stop:
+        for step in range(run.start_step, max_steps + 1):
+            started = time.perf_counter()
+            record = rl_step(run, step)
+            skipped_updates += int(record.train.skipped)
+            last_row = metrics_row(record, time.perf_counter() - started, skipped_updates)
+            run.sinks.log_step(last_row)  # type: ignore[attr-defined]
+            run.sinks.log_generations(step, record.collected.examples, record.collected.samples,  # type: ignore[attr-defined]
+                                      record.collected.rewards_P_G.reshape(-1))
+            if step == max_steps or (save_every and step % save_every == 0) or stop.requested:
+                save_checkpoint(run, step, {"skipped_updates": skipped_updates})
+            if stop.signum is not None and step < max_steps:
+                logger.warning("stopped after step %d of %d; continue with `retrain --resume %s`",
+                               step, max_steps, run.log_dir)
+                raise RunInterrupted(stop.signum)
+    return last_row
+
+
+def run_training(resolved: ResolvedConfig) -> RunSummary:
+    """Plan, build, (resume,) train and checkpoint a run."""
+    config, state = resume_context(resolved.config)
+    plan = plan_run(dataclasses.replace(resolved, config=config))
+    prepare_log_dir(config, resuming=state is not None)
+    run = build_run(plan, state)
+    try:
+        start(run, state)
+        last_row = train_loop(run, int(state.get("skipped_updates", 0)) if state else 0)  # type: ignore[arg-type]
         final = run.adapter_dir / "final"
         run.backend.save_adapter(final)  # type: ignore[attr-defined]
     finally:
         run.collector.close()  # type: ignore[attr-defined]
         run.sinks.close()  # type: ignore[attr-defined]
         run.backend.shutdown()  # type: ignore[attr-defined]
-    return RunSummary(log_dir, run.adapter_dir, final, max_steps, last_row)
+    return RunSummary(run.log_dir, run.adapter_dir, final, run.config.training.max_steps, last_row)

@@ -70,6 +70,7 @@ MODEL_SHAPE = {
 WARM_START_STEPS = 100
 WARM_START_BATCH = 64
 WARM_START_LR = 3e-3
+WARM_START_MODE = "random"
 
 
 def cache_root() -> Path:
@@ -189,9 +190,13 @@ def warm_start(model, tokenizer, seed: int, steps: int = WARM_START_STEPS) -> No
         rows = [prompt_ids[rng.randrange(len(prompt_ids))] + [digit_ids[rng.randrange(10)], eos_id]
                 for _ in range(WARM_START_BATCH)]
         input_ids = torch.tensor(rows)
-        labels = torch.full_like(input_ids, -100)
-        labels[:, -2:] = input_ids[:, -2:]
-        loss = model(input_ids=input_ids, labels=labels).loss
+        logp = torch.log_softmax(model(input_ids=input_ids).logits[:, -3:-1].float(), dim=-1)
+        if WARM_START_MODE == "set":
+            first = -torch.logsumexp(logp[:, 0, digit_ids], dim=-1).mean()
+        else:
+            first = -logp[:, 0].gather(1, input_ids[:, -2:-1]).mean()
+        second = -logp[:, 1, eos_id].mean()
+        loss = first + second
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

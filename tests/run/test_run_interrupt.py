@@ -41,14 +41,16 @@ def wait_for_rows(process: subprocess.Popen[str], metrics: Path, rows: int, time
         time.sleep(0.05)
 
 
-def test_ctrl_c_checkpoints_the_current_step_and_exits_130(tmp_path: Path, retrain_cache: Path) -> None:
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_checkpoints_the_current_step_and_exits(tmp_path: Path, retrain_cache: Path, signum: int,
+                                                              exit_code: int) -> None:
     workdir = workdir_with_default_config(tmp_path)
     log_dir = workdir / "interrupted"
     process = start_retrain(workdir, retrain_cache, *LONG_RUN, "--log-dir", log_dir.name)
     wait_for_rows(process, log_dir / "metrics.jsonl", 3)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr[-3000:]
+    assert process.returncode == exit_code, stderr[-3000:]
     assert "retrain: interrupted" in stderr and "Traceback" not in stderr
     assert f"--resume {log_dir.name}" in stderr
 
