@@ -25,9 +25,10 @@ in two threads at once.
 from __future__ import annotations
 
 import copy
-import io
 import logging
+import os
 import resource
+import tempfile
 import threading
 import time
 import warnings
@@ -36,14 +37,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrain.atomic import write_atomic
 from retrain.backends.base import BackendCapabilities
 from retrain.backends.loss import LossStats, policy_gradient_loss, token_logprobs
 from retrain.backends.weights import is_peft_model, save_weights
 from retrain.config.rules import parse_devices
 from retrain.config.schema import Config, LocalOptions
 from retrain.engines.pytorch import PyTorchEngine, left_pad
-from retrain.engines.settings import attention_implementation, inference_issues, sampling_dtype
+from retrain.engines.settings import (
+    attention_implementation,
+    inference_issues,
+    sampling_dtype,
+)
 from retrain.errors import BackendError, ConfigError, ConfigIssue
 from retrain.models.tiny import resolve_model_path
 from retrain.types import TrainBatch, TrainResult
@@ -69,9 +73,8 @@ class LocalBackend:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.options = config.backend_options() if config.backend.backend == "local" else LocalOptions()
-        if not isinstance(self.options, LocalOptions):
-            self.options = LocalOptions(**config.backend.options)
+        options = config.backend_options()
+        self.options = options if isinstance(options, LocalOptions) else LocalOptions()
         devices = check_devices(config)
         issues = inference_issues(config)
         if issues:
@@ -156,13 +159,11 @@ class LocalBackend:
             generator.manual_seed(self.seed)
         else:
             generator.seed()
+        self._train_lock = threading.Lock()
         if not self.split:
             # One copy of the weights: sampling and training take turns under one lock.
-            self._train_lock: threading.Lock = threading.Lock()
-            model = self.model
-            lock = self._train_lock
+            model, lock = self.model, self._train_lock
         else:
-            self._train_lock = threading.Lock()
             engine_dtype = torch.bfloat16 if sampling_dtype(self.config) == "bfloat16" else torch.float32
             model = copy.deepcopy(self.model).to(device=self.engine_device, dtype=engine_dtype)
             model.requires_grad_(False)
@@ -317,10 +318,18 @@ class LocalBackend:
             "policy_version": self.policy_version,
             "skipped_updates": self.skipped_updates,
         }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        write_atomic(Path(directory) / STATE_FILE, buffer.getvalue())
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        # Written beside its final name and renamed, so a crash leaves the old state or the new.
+        handle, temp_name = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                torch.save(state, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temp_name, directory / STATE_FILE)
+        finally:
+            Path(temp_name).unlink(missing_ok=True)
 
     def load_state(self, directory: Path) -> None:
         file = Path(directory) / STATE_FILE

@@ -26,6 +26,7 @@ so a generation never sees half-copied weights.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -158,16 +159,18 @@ class PyTorchEngine:
         for step in range(max_tokens):
             logp = torch.log_softmax(last_logits.float() / temperature, dim=-1)
             token = sample_tokens(logp, top_p, self.generator)
-            token_logp = logp.gather(1, token[:, None])[:, 0]
-            live_rows = rows[alive]
-            tokens_out[live_rows, step] = token[alive]
-            logprobs_out[live_rows, step] = token_logp[alive]
+            # Rows that finished but are not dropped yet write past their end here; the
+            # recorded lengths mask that out in _package.
+            tokens_out[rows, step] = token
+            logprobs_out[rows, step] = logp.gather(1, token[:, None])[:, 0]
             if entropies_out is not None:
-                entropies_out[live_rows, step] = torch.special.entr(logp.exp()).sum(dim=-1)[alive]
-            finished = alive & torch.isin(token, eos_ids)
-            lengths[rows[finished]] = step + 1
-            stopped[rows[finished]] = True
-            alive = alive & ~finished
+                entropies_out[rows, step] = torch.special.entr(logp.exp()).sum(dim=-1)
+            is_eos = token == eos_ids[0] if len(eos_ids) == 1 else torch.isin(token, eos_ids)
+            finished = alive & is_eos
+            if bool(finished.any()):
+                lengths[rows[finished]] = step + 1
+                stopped[rows[finished]] = True
+                alive = alive & ~finished
             if step == max_tokens - 1:
                 break
             num_alive = int(alive.sum())
@@ -213,7 +216,7 @@ class PyTorchEngine:
             entropies_N_T = np.where(mask_N_T, entropies[:, :width].cpu().numpy(), 0.0).astype(np.float32)
         rows = [token_ids_N_T[row, : lengths_N[row]].tolist() for row in range(len(lengths_N))]
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        spans = [self.spans.char_spans(ids, text) for ids, text in zip(rows, texts)]
+        spans = self.spans.batch_spans(rows, texts)
         return SampleBatch(
             prompt_token_ids=[list(ids) for ids in prompts],
             group_size=n,
@@ -252,17 +255,22 @@ class SpanDecoder:
         self.tokenizer = tokenizer
         self._pieces: dict[int, str] = {}
 
+    def batch_spans(self, rows: list[list[int]], texts: list[str]) -> list[list[tuple[int, int]]]:
+        """``char_spans`` for many completions; one string comparison checks them all when
+        every completion's pieces have the length of its text."""
+        pieces = [[self._piece(token) for token in ids] for ids in rows]
+        lengths = [[len(piece) for piece in row] for row in pieces]
+        if all(sum(row) == len(text) for row, text in zip(lengths, texts)) and \
+                "".join("".join(row) for row in pieces) == "".join(texts):
+            return [_running_spans(row) for row in lengths]
+        return [self.char_spans(ids, text) for ids, text in zip(rows, texts)]
+
     def char_spans(self, token_ids: list[int], text: str) -> list[tuple[int, int]]:
         """Spans of ``token_ids`` in ``text`` (their decoding with special tokens removed,
         which get empty spans)."""
         pieces = [self._piece(token) for token in token_ids]
         if "".join(pieces) == text:
-            spans = []
-            start = 0
-            for piece in pieces:
-                spans.append((start, start + len(piece)))
-                start += len(piece)
-            return spans
+            return _running_spans([len(piece) for piece in pieces])
         return self._incremental_spans(token_ids, text)
 
     def _piece(self, token: int) -> str:
@@ -290,6 +298,11 @@ class SpanDecoder:
         return spans
 
 
+def _running_spans(lengths: list[int]) -> list[tuple[int, int]]:
+    ends = list(itertools.accumulate(lengths))
+    return [(end - length, end) for end, length in zip(ends, lengths)]
+
+
 def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``[B, L]`` token ids left-padded with ``pad_id``, and the mask of real tokens (int64)."""
     width = max(len(ids) for ids in sequences)
@@ -302,16 +315,24 @@ def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> t
 
 
 def sample_tokens(logp: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
-    """One token id per row of ``logp`` ([B, V] log-probabilities), nucleus-restricted if ``top_p < 1``."""
+    """One token id per row of ``logp`` ([B, V] log-probabilities), nucleus-restricted if ``top_p < 1``.
+
+    Inverse-CDF sampling: one uniform draw per row, located in the running sum of the
+    probabilities (accumulated in float64 so large vocabularies keep their tail).
+    """
     probs = logp.exp()
+    order = None
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        probs, order = probs.sort(dim=-1, descending=True)
         # Keep a token while the mass before it is below top_p: the smallest set reaching top_p.
-        drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        choice = torch.multinomial(sorted_probs, 1, generator=generator)
-        return order.gather(1, choice)[:, 0]
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+        probs = probs.masked_fill((probs.cumsum(dim=-1) - probs) >= top_p, 0.0)
+    cdf = probs.double().cumsum(dim=-1)
+    draw = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=torch.float64)
+    # right=True skips zero-probability tokens: the first index whose cdf exceeds the draw.
+    token = torch.searchsorted(cdf, draw * cdf[:, -1:], right=True).clamp_(max=probs.shape[1] - 1)
+    if order is not None:
+        token = order.gather(1, token)
+    return token[:, 0]
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:

@@ -91,9 +91,9 @@ def inference_issues(config: Config, flash_installed: bool | None = None) -> lis
     if inference.kv_cache_dtype in ("fp8", "int8"):
         issue("kv_cache_dtype", f"the pytorch engine keeps its KV cache in the sampling dtype; {inference.kv_cache_dtype} "
               "is not available", "use kv_cache_dtype = \"auto\", or an HTTP engine (vllm) with a quantized KV cache")
-    elif inference.kv_cache_dtype == "bf16" and inference.dtype not in ("fp8", "fp4"):
-        if sampling_dtype(config) != "bfloat16":
-            issue("kv_cache_dtype",
-                  f"the KV cache is kept in the sampling dtype, which is float32 on {engine_device}",
-                  "use kv_cache_dtype = \"auto\", or set dtype = \"bf16\" (with split mode on the CPU)")
+    elif inference.kv_cache_dtype == "bf16" and inference.dtype not in ("fp8", "fp4") \
+            and sampling_dtype(config) != "bfloat16":
+        issue("kv_cache_dtype",
+              f"the KV cache is kept in the sampling dtype, which is float32 on {engine_device}",
+              "use kv_cache_dtype = \"auto\", or set dtype = \"bf16\" (with split mode on the CPU)")
     return issues

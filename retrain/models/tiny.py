@@ -8,7 +8,8 @@ built locally instead of downloaded:
   (``<|im_start|>role\\n...<|im_end|>\\n``); ``<|im_end|>`` is the end-of-sequence token;
 - a causal LM from a ``qwen3`` config with random weights: two layers, hidden size 64,
   attention heads of size 64 (the head size vLLM's CPU kernels accept, so the same model
-  can be served by vLLM in integration tests);
+  can be served by vLLM in integration tests), weights drawn with a large standard
+  deviation (0.2) so that the output starts out depending on the prompt;
 - a short format-only warm start: supervised steps that teach "one digit, then
   ``<|im_end|>``" after the assistant turn of arithmetic prompts, with the digit drawn at
   random. It teaches the answer format, not the task: afterwards the model answers each
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 TINY_MODEL_NAME = "retrain/tiny"
 # Bump when anything below changes what gets built, so old cache entries are not reused.
-TINY_MODEL_VERSION = 1
+TINY_MODEL_VERSION = 2
 BUILD_SEED = 1234
 
 PAD_TOKEN = "<|pad|>"
@@ -65,12 +66,15 @@ MODEL_SHAPE = {
     "head_dim": 64,
     "max_position_embeddings": 512,
     "tie_word_embeddings": True,
+    # Ten times transformers' default. With std 0.02 the last position's output hardly
+    # depends on the operands at all, and RL sits on a plateau for thousands of steps
+    # before it finds them; with 0.2 the default config learns in about 1000-1900 steps.
+    "initializer_range": 0.2,
 }
 
 WARM_START_STEPS = 100
 WARM_START_BATCH = 64
 WARM_START_LR = 3e-3
-WARM_START_MODE = "random"
 
 
 def cache_root() -> Path:
@@ -190,13 +194,9 @@ def warm_start(model, tokenizer, seed: int, steps: int = WARM_START_STEPS) -> No
         rows = [prompt_ids[rng.randrange(len(prompt_ids))] + [digit_ids[rng.randrange(10)], eos_id]
                 for _ in range(WARM_START_BATCH)]
         input_ids = torch.tensor(rows)
-        logp = torch.log_softmax(model(input_ids=input_ids).logits[:, -3:-1].float(), dim=-1)
-        if WARM_START_MODE == "set":
-            first = -torch.logsumexp(logp[:, 0, digit_ids], dim=-1).mean()
-        else:
-            first = -logp[:, 0].gather(1, input_ids[:, -2:-1]).mean()
-        second = -logp[:, 1, eos_id].mean()
-        loss = first + second
+        labels = torch.full_like(input_ids, -100)
+        labels[:, -2:] = input_ids[:, -2:]
+        loss = model(input_ids=input_ids, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -118,6 +118,7 @@ def bench_retrain(model_dir: Path, max_tokens: int, steps: int) -> dict[str, flo
 def bench_trl(model_dir: Path, max_tokens: int, steps: int) -> dict[str, float]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from retrain.config.schema import Config
@@ -174,6 +175,8 @@ def bench_trl(model_dir: Path, max_tokens: int, steps: int) -> dict[str, float]:
             processing_class=AutoTokenizer.from_pretrained(model_dir),
             callbacks=[timer, LengthLog()],
         )
+        # Logging every step is how the lengths are read; printing each row is not needed.
+        trainer.remove_callback(PrinterCallback)
         trainer.train()
     return {
         "step_s": statistics.median(timer.times[WARMUP_STEPS:]),

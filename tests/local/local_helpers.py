@@ -7,7 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from retrain.config.schema import BackendConfig, Config, InferenceConfig, ModelConfig, TrainingConfig
+from retrain.config.schema import (
+    BackendConfig,
+    Config,
+    InferenceConfig,
+    ModelConfig,
+    TrainingConfig,
+)
 from retrain.data.arithmetic import ArithmeticSource
 from retrain.types import Example, SampleBatch, TrainBatch
 

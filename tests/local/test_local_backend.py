@@ -165,7 +165,7 @@ def test_shared_prompt_gradients_equal_full_sequence_gradients(tiny_model_dir: P
         (logp * torch.as_tensor(batch.mask_N_T)).sum().backward()
         gradients.append({name: param.grad.clone() for name, param in backend.trainable})
     for name in gradients[0]:
-        assert torch.allclose(gradients[0][name], gradients[1][name], atol=1e-5), name
+        assert torch.allclose(gradients[0][name], gradients[1][name], rtol=1e-4, atol=1e-5), name
 
 
 def test_gradient_clipping_changes_the_update(tiny_model_dir: Path) -> None:

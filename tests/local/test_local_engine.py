@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +160,7 @@ def test_span_decoder_handles_characters_split_over_byte_tokens() -> None:
     spans = SpanDecoder(tokenizer).char_spans(ids, tokenizer.decode(ids))
     assert len(spans) == len(ids)
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     assert text[slice(*spans[-1])].endswith("here")
 
 

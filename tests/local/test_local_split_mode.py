@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from local_helpers import arithmetic_examples, encode_prompts, local_config, random_train_batch
+from local_helpers import (
+    arithmetic_examples,
+    encode_prompts,
+    local_config,
+    random_train_batch,
+)
 
 from retrain.backends.local import LocalBackend, sequence_logprobs
 from retrain.config.schema import InferenceConfig
@@ -65,30 +70,21 @@ def test_sampling_and_training_overlap_without_torn_weights(tiny_model_dir: Path
     prompts = encode_prompts(backend.tokenizer, arithmetic_examples(4))
     snapshots = {0: train_weights(backend)}
     batches = []
-    failures: list[BaseException] = []
 
     def sample() -> None:
-        try:
-            for _ in range(8):
-                batches.append(backend.engine().generate(prompts, n=4, max_tokens=4, temperature=1.0, top_p=1.0))
-        except BaseException as exc:  # reported by the main thread
-            failures.append(exc)
+        for _ in range(8):
+            batches.append(backend.engine().generate(prompts, n=4, max_tokens=4, temperature=1.0, top_p=1.0))
 
     def train() -> None:
-        try:
-            for step in range(8):
-                backend.train_step(train_batch(backend, step))
-                version = backend.sync_engine_weights()
-                snapshots[version] = train_weights(backend)
-        except BaseException as exc:
-            failures.append(exc)
+        for step in range(8):
+            backend.train_step(train_batch(backend, step))
+            version = backend.sync_engine_weights()
+            snapshots[version] = train_weights(backend)
 
-    threads = [threading.Thread(target=sample), threading.Thread(target=train)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
-    assert not failures, failures
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        running = [pool.submit(sample), pool.submit(train)]
+        for future in running:
+            future.result(timeout=300)  # re-raises whatever failed in the thread
     assert len(batches) == 8 and len(snapshots) == 9
     versions = [batch.policy_version for batch in batches]
     assert versions == sorted(versions)
