@@ -73,6 +73,10 @@ class LocalOptions:
     micro_batch_size: int = setting(
         0, "Completions per forward/backward chunk; 0 = the whole batch at once", ge=0, le=MAX_INT
     )
+    cpu_threads: int = setting(
+        0, "Torch threads when training on the CPU; 0 = 1 for models under 10M parameters, else torch's default",
+        ge=0, le=4096,
+    )
 
 
 @dataclass(frozen=True)
