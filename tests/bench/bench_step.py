@@ -1,16 +1,19 @@
-"""Step time of retrain's local backend + pytorch engine against TRL's GRPOTrainer.
+"""Step time of retrain against TRL's GRPOTrainer on the same model and settings.
 
-Both sides run the same model and the same RL step: 8 prompts x 16 completions of the
-arithmetic task, temperature 1.0, exact-match reward, group-relative advantages, no KL
-term, full fine-tuning with AdamW, on the CPU. Reported per setting: the median wall
-time of a step after warm-up, the mean completion length (to show both sides generated
-the same amount), and for retrain the share of the step spent outside sampling and the
-update (reward, advantages, batch assembly, weight sync).
+Both sides run 8 prompts x 16 completions of the arithmetic task, temperature 1.0,
+group-relative advantages, no KL term, full fine-tuning with AdamW, on the CPU, with the
+same torch thread count. retrain runs its real step (``retrain.step.rl_step``) with the
+metrics row and log sinks of a run. Reported per setting: the median wall time of a step
+after warm-up, the mean completion length (both sides generate the same amount), and for
+retrain the share of the step spent outside sampling and the update (reward, credit
+assignment, batch assembly, weight sync, metrics and logging).
 
-Two models: ``warm`` is ``retrain/tiny`` as users get it (it answers in about two
-tokens, so 4 and 32 new tokens cost about the same), ``random`` is the same
-architecture with untrained weights, which rarely emits end-of-turn and so really
-generates up to ``max_tokens``.
+Two models: ``warm`` is ``retrain/tiny`` as users get it, scored by exact match (it
+answers in about two tokens, so 4 and 32 new tokens cost about the same); ``random`` is
+the same architecture with untrained weights, which rarely emits end-of-turn and so
+really generates up to ``max_tokens``. It almost never answers correctly, so both sides
+score it with the parity of the completion length, a reward with variance, to make both
+of them train every step.
 
     python tests/bench/bench_step.py                     # both models, 4 and 32 tokens
     python tests/bench/bench_step.py --models warm --max-tokens 4 --steps 30
@@ -56,55 +59,62 @@ def build_models(cache: Path) -> dict[str, Path]:
     return {"warm": warm, "random": random_dir}
 
 
-def bench_retrain(model_dir: Path, max_tokens: int, steps: int) -> dict[str, float]:
-    from retrain.backends.local import LocalBackend
-    from retrain.config.schema import BackendConfig, Config, ModelConfig, TrainingConfig
-    from retrain.data.arithmetic import ArithmeticSource
-    from retrain.types import TrainBatch
+def length_parity_reward(completion: str, reference: str) -> float:
+    """The reward for the untrained model, which almost never answers correctly: exact match
+    would give every group identical rewards (nothing to train on), so both sides use this
+    reward with plenty of variance instead."""
+    return float(len(completion) % 2)
 
-    config = Config(
-        backend=BackendConfig(backend="local", devices="cpu"),
-        model=ModelConfig(model=str(model_dir), lora_rank=0),
-        training=TrainingConfig(seed=0, lr=LEARNING_RATE, temperature=1.0, max_tokens=max_tokens),
-    )
-    backend = LocalBackend(config)
-    engine = backend.engine()
-    tokenizer = backend.tokenizer
-    examples = ArithmeticSource(config).examples()
-    encoded = [
-        tokenizer(tokenizer.apply_chat_template(list(e.messages), tokenize=False, add_generation_prompt=True),
-                  add_special_tokens=False)["input_ids"]
-        for e in examples
-    ]
-    totals, sampling, training, lengths = [], [], [], []
-    for step in range(WARMUP_STEPS + steps):
-        begin = time.perf_counter()
-        chosen = [(step * PROMPTS + i) % len(examples) for i in range(PROMPTS)]
-        samples = engine.generate([encoded[i] for i in chosen], GROUP, max_tokens, 1.0, 1.0)
-        sampled = time.perf_counter()
-        rewards = np.array([float(text.strip() == examples[chosen[row // GROUP]].reference)
-                            for row, text in enumerate(samples.texts)])
-        grouped = rewards.reshape(PROMPTS, GROUP)
-        advantages = (grouped - grouped.mean(axis=1, keepdims=True)).reshape(-1)
-        batch = TrainBatch(
-            prompt_token_ids=samples.prompt_token_ids,
-            token_ids_N_T=samples.token_ids_N_T,
-            mask_N_T=samples.mask_N_T,
-            sampler_logprobs_N_T=samples.logprobs_N_T,
-            token_advantages_N_T=np.where(samples.mask_N_T, advantages[:, None], 0.0).astype(np.float32),
-            prompt_index_N=np.repeat(np.arange(PROMPTS), GROUP),
-            temperature=1.0,
+
+def reward_lines(model_name: str) -> str:
+    if model_name == "warm":
+        return "[reward]\ntype = \"match\"\n"
+    here = Path(__file__).resolve().parent
+    return (f"[reward]\ntype = \"custom\"\ncustom_module = \"{Path(__file__).stem}\"\n"
+            f"custom_function = \"length_parity_reward\"\n[plugins]\nsearch_paths = [\"{here}\"]\n")
+
+
+def bench_retrain(model_dir: Path, model_name: str, max_tokens: int, steps: int) -> dict[str, float]:
+    """retrain's own step (retrain.step.rl_step) with its metrics row and log sinks, as a run
+    executes it; "outside" is everything but sampling and the update: reward, credit
+    assignment, batch assembly, weight sync, metrics and logging."""
+    from retrain.config.loader import resolve_config
+    from retrain.metrics import metrics_row
+    from retrain.run import build_run, plan_run
+    from retrain.step import rl_step
+
+    with tempfile.TemporaryDirectory() as folder:
+        config_path = Path(folder) / "bench.toml"
+        config_path.write_text(
+            "[backend]\ndevices = \"cpu\"\n"
+            f"[model]\nmodel = \"{model_dir}\"\nlora_rank = 0\n"
+            "[algorithm]\nadvantage_mode = \"grpo\"\ntransform_mode = \"none\"\n"
+            f"[training]\nseed = 0\nbatch_size = {PROMPTS}\ngroup_size = {GROUP}\nmax_tokens = {max_tokens}\n"
+            f"temperature = 1.0\nlr = {LEARNING_RATE}\nmax_steps = {WARMUP_STEPS + steps}\n"
+            "[data]\nsource = \"arithmetic\"\n"
+            + reward_lines(model_name) +
+            f"[logging]\nlog_dir = \"{Path(folder) / 'logs'}\"\n"
         )
-        train_begin = time.perf_counter()
-        backend.train_step(batch)
-        train_end = time.perf_counter()
-        backend.sync_engine_weights()
-        end = time.perf_counter()
-        if step >= WARMUP_STEPS:
-            totals.append(end - begin)
-            sampling.append(sampled - begin)
-            training.append(train_end - train_begin)
-            lengths.append(float(samples.lengths_N.mean()))
+        run = build_run(plan_run(resolve_config(config_path, environ={})))
+        totals, sampling, training, lengths = [], [], [], []
+        try:
+            for step in range(1, WARMUP_STEPS + steps + 1):
+                begin = time.perf_counter()
+                record = rl_step(run, step)
+                row = metrics_row(record, time.perf_counter() - begin, 0)
+                run.sinks.log_step(row)
+                run.sinks.log_generations(step, record.collected.examples, record.collected.samples,
+                                          record.collected.rewards_P_G.reshape(-1))
+                end = time.perf_counter()
+                if step > WARMUP_STEPS:
+                    totals.append(end - begin)
+                    sampling.append(record.collected.timings["sample_time_s"])
+                    training.append(record.timings["train_time_s"])
+                    lengths.append(float(record.collected.samples.lengths_N.mean()))
+        finally:
+            run.collector.close()
+            run.sinks.close()
+            run.backend.shutdown()
     outside = [(t - s - u) / t for t, s, u in zip(totals, sampling, training)]
     return {
         "step_s": statistics.median(totals),
@@ -115,7 +125,7 @@ def bench_retrain(model_dir: Path, max_tokens: int, steps: int) -> dict[str, flo
     }
 
 
-def bench_trl(model_dir: Path, max_tokens: int, steps: int) -> dict[str, float]:
+def bench_trl(model_dir: Path, model_name: str, max_tokens: int, steps: int) -> dict[str, float]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from transformers.trainer_callback import PrinterCallback
@@ -129,6 +139,9 @@ def bench_trl(model_dir: Path, max_tokens: int, steps: int) -> dict[str, float]:
 
     def exact_match(completions, answer, **_):
         return [float(c[0]["content"].strip() == a) for c, a in zip(completions, answer)]
+
+    def length_parity(completions, answer, **_):
+        return [length_parity_reward(c[0]["content"], a) for c, a in zip(completions, answer)]
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
@@ -169,7 +182,7 @@ def bench_trl(model_dir: Path, max_tokens: int, steps: int) -> dict[str, float]:
         )
         trainer = GRPOTrainer(
             model=AutoModelForCausalLM.from_pretrained(model_dir),
-            reward_funcs=exact_match,
+            reward_funcs=exact_match if model_name == "warm" else length_parity,
             args=args,
             train_dataset=dataset,
             processing_class=AutoTokenizer.from_pretrained(model_dir),
@@ -204,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for model_name in args.models.split(","):
             for max_tokens in (int(value) for value in args.max_tokens.split(",")):
-                ours = bench_retrain(models[model_name], max_tokens, args.steps)
-                theirs = None if args.skip_trl else bench_trl(models[model_name], max_tokens, args.steps)
+                ours = bench_retrain(models[model_name], model_name, max_tokens, args.steps)
+                theirs = None if args.skip_trl else bench_trl(models[model_name], model_name, max_tokens, args.steps)
                 row = {"model": model_name, "max_tokens": max_tokens, "threads": torch.get_num_threads(),
                        "retrain": ours, "trl": theirs}
                 if theirs:
