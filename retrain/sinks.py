@@ -36,6 +36,7 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -268,6 +269,8 @@ class GenerationsLog(JsonlLog):
 
 
 # (label, metrics key, format) of what the progress line shows after the step counter.
+# One step's mean reward is noisy; the line shows its mean over the last REWARD_WINDOW steps.
+REWARD_WINDOW = 20
 PROGRESS_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("reward", "reward_mean", "{:.3f}"),
     ("loss", "loss", "{:.4g}"),
@@ -313,6 +316,7 @@ class ConsoleProgress(Sink):
         isatty = getattr(stream, "isatty", None)
         self.interactive = bool(isatty and isatty())
         self._drawn = False
+        self.recent_rewards: deque[float] = deque(maxlen=REWARD_WINDOW)
 
     def line(self, row: Mapping[str, object]) -> str:
         """The progress text for the latest row (no newline)."""
@@ -322,6 +326,8 @@ class ConsoleProgress(Sink):
             shown = spec.format(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
                 and math.isfinite(value) else "-"
             parts.append(f"{label} {shown}")
+            if key == "reward_mean" and self.recent_rewards:
+                parts[-1] += f" (last {len(self.recent_rewards)}: {sum(self.recent_rewards) / len(self.recent_rewards):.3f})"
         timed = self.done - self.started_at_done
         remaining = self.total_steps - self.done
         if timed > 0 and remaining > 0:
@@ -336,6 +342,9 @@ class ConsoleProgress(Sink):
 
     def log_step(self, row: Mapping[str, object]) -> None:
         self.done += 1
+        reward = row.get("reward_mean")
+        if isinstance(reward, (int, float)) and math.isfinite(reward):
+            self.recent_rewards.append(float(reward))
         text = self.line(row)
         if self.interactive:
             columns = shutil.get_terminal_size((100, 20)).columns

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
-
 from cli_runs import (
+    DEFAULT_CONFIG,
     assert_rows_match,
     describe,
     load_weights,
@@ -118,7 +119,8 @@ def test_resume_with_a_changed_training_setting_fails_and_changes_nothing(runs: 
     result = run_retrain(runs.workdir, retrain_cache, "--resume", runs.first_ten.name, "--max-steps", "20",
                          "--lr", "0.001")
     assert result.returncode == 2, describe(result)
-    assert "training.lr = 0.001 (the run has 0.0004)" in result.stderr
+    shipped_lr = tomllib.loads(DEFAULT_CONFIG.read_text())["training"]["lr"]
+    assert f"training.lr = 0.001 (the run has {shipped_lr!r})" in result.stderr
     assert tree_fingerprint(runs.first_ten) == before
 
 

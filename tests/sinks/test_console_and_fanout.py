@@ -48,9 +48,11 @@ def test_terminal_line_is_redrawn_in_place_with_eta():
     draws = output.split("\r")[1:]
     assert len(draws) == 2 and output.endswith("\n")
     # After step 1: 4 s per step, 9 steps left -> 36 s.
-    assert draws[0].startswith("[##..................] step 1/10  reward 0.125  loss 0.01235  tok/s 1534  ETA 0m36s")
-    # After step 2: 8 s for 2 steps, 8 left -> 32 s; missing metrics show "-".
-    assert "step 2/10  reward 0.250  loss -  tok/s -  ETA 0m32s" in draws[1]
+    assert draws[0].startswith(
+        "[##..................] step 1/10  reward 0.125 (last 1: 0.125)  loss 0.01235  tok/s 1534  ETA 0m36s")
+    # After step 2: 8 s for 2 steps, 8 left -> 32 s; the window mean is (0.125 + 0.25) / 2;
+    # missing metrics show "-".
+    assert "step 2/10  reward 0.250 (last 2: 0.188)  loss -  tok/s -  ETA 0m32s" in draws[1]
 
 
 def test_non_terminal_prints_a_line_every_tenth_of_the_run():
