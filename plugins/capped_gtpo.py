@@ -22,7 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrain.plugin_api import TransformContext, broadcast_advantages, gtpo_weights, register, setting
+from retrain.plugin_api import (
+    TransformContext,
+    broadcast_advantages,
+    gtpo_weights,
+    register,
+    setting,
+)
 
 
 @dataclass(frozen=True)

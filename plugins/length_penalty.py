@@ -22,7 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrain.plugin_api import AlgorithmContext, AlgorithmOutput, broadcast_advantages, grpo_advantages, register, setting
+from retrain.plugin_api import (
+    AlgorithmContext,
+    AlgorithmOutput,
+    broadcast_advantages,
+    grpo_advantages,
+    register,
+    setting,
+)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,12 @@ from retrain.algorithms import AlgorithmContext, AlgorithmOutput, Recipe
 from retrain.config.schema import Config
 from retrain.registry import PluginOutputError, ResolvedPlugin, check_params, resolve
 from retrain.sepa import SEPAController
-from retrain.transforms import ComposedTransform, TransformContext, TransformOutput, top_rho_mask
+from retrain.transforms import (
+    ComposedTransform,
+    TransformContext,
+    TransformOutput,
+    top_rho_mask,
+)
 from retrain.types import CreditResult, SampleBatch
 from retrain.uncertainty import zero_padding
 

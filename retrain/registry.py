@@ -39,8 +39,8 @@ from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
 
 from retrain import registry_names
-from retrain.config.values import fits_type
 from retrain.config.schema import PluginsConfig
+from retrain.config.values import fits_type
 from retrain.errors import ConfigError, ConfigIssue, PluginError
 
 KINDS: tuple[str, ...] = tuple(registry_names.BUILTINS)

@@ -20,7 +20,6 @@ the step in progress, checkpoints it and stops (docs/checkpoints.md).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import os
@@ -34,12 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
+from retrain import registry_names
 from retrain.atomic import write_atomic
 from retrain.config.loader import ResolvedConfig, load_config, replace_setting
+from retrain.config.rules import not_in_this_version
 from retrain.config.schema import Config
 from retrain.config.snapshot import config_to_dict, write_snapshot
-from retrain import registry_names
-from retrain.errors import PluginError, RetrainError
+from retrain.errors import ConfigError, RetrainError
 from retrain.registry import resolve
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,9 @@ def plan_run(resolved: ResolvedConfig) -> RunPlan:
     from retrain.credit import build_credit_pipeline
 
     config = resolved.config
+    unavailable = not_in_this_version(config, resolved.sources)
+    if unavailable:
+        raise ConfigError(unavailable)
     base_dir = config_base_dir(resolved)
     components: dict[str, dict[str, str]] = {}
     for kind, name in (("backend", config.backend.backend), ("engine", config.inference.engine),
@@ -89,14 +92,9 @@ def plan_run(resolved: ResolvedConfig) -> RunPlan:
 def locate(kind: str, name: str, config: Config, base_dir: Path) -> str:
     """Where a component comes from, checked without importing heavy built-in modules
     (a built-in backend imports torch); a dotted-path plugin is imported and checked."""
-    target = registry_names.BUILTINS[kind].get(name)
-    if target is None:
-        return resolve(kind, name, config.plugins, base_dir).origin
-    module_name = target.partition(":")[0]
-    if importlib.util.find_spec(module_name) is None:
-        raise PluginError(f"the {kind} '{name}' is not part of this version of retrain — choose another "
-                          f"(built-ins: {', '.join(registry_names.BUILTINS[kind])})")
-    return "built-in"
+    if name in registry_names.BUILTINS[kind]:
+        return "built-in"  # not_in_this_version has checked that its module exists
+    return resolve(kind, name, config.plugins, base_dir).origin
 
 
 # ---------------------------------------------------------------------------------------
@@ -146,11 +144,16 @@ def seed_global_rngs(seed: int) -> None:
 
 def build_run(plan: RunPlan, resume_state: dict[str, object] | None = None) -> Run:
     """Build the heavy components of a planned run (this loads the model)."""
-    from retrain.planning import build_planning_detector
-    from retrain.sampling import GroupCollector, PrefetchingCollector, RefillingCollector, SamplingSettings
-    from retrain.sinks import build_sinks
-    from retrain.data.stream import PromptStream
     from retrain.config.rules import parse_devices
+    from retrain.data.stream import PromptStream
+    from retrain.planning import build_planning_detector
+    from retrain.sampling import (
+        GroupCollector,
+        PrefetchingCollector,
+        RefillingCollector,
+        SamplingSettings,
+    )
+    from retrain.sinks import build_sinks
 
     config = plan.config
     seed = int(resume_state["seed"]) if resume_state else effective_seed(config)  # type: ignore[arg-type]

@@ -17,7 +17,12 @@ from retrain import registry_names
 from retrain.config.loader import resolve_config
 from retrain.config.schema import Config, PluginsConfig
 from retrain.errors import UsageError
-from retrain.registry import BUILTIN_DESCRIPTIONS, DiscoveredModule, discover, search_locations
+from retrain.registry import (
+    BUILTIN_DESCRIPTIONS,
+    DiscoveredModule,
+    discover,
+    search_locations,
+)
 
 DESCRIPTION = "list built-in and discovered plugins"
 

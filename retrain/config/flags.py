@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from retrain.config.loader import Override
-from retrain.config.values import did_you_mean
 from retrain.config.schema import ALL_FIELDS, FieldSpec
+from retrain.config.values import did_you_mean
 from retrain.errors import UsageError
 
 # Flag -> table setting it fills with key=value entries.

@@ -8,9 +8,11 @@ reject at startup.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from collections.abc import Callable
 
+from retrain import registry_names
 from retrain.config.schema import Config
 from retrain.errors import ConfigIssue
 
@@ -226,6 +228,47 @@ RULES: tuple[Callable[[Config, Sources], list[ConfigIssue]], ...] = (
     _squeeze,
     _campaign,
 )
+
+
+def _first_set_key(section: object) -> str:
+    default = type(section)()
+    return next(f.name for f in dataclasses.fields(section) if getattr(section, f.name) != getattr(default, f.name))
+
+
+def _shipped(target: str) -> bool:
+    """Whether the module behind a built-in's ``module:attribute`` target exists."""
+    return importlib.util.find_spec(target.partition(":")[0]) is not None
+
+
+def not_in_this_version(config: Config, sources: Sources) -> list[ConfigIssue]:
+    """Valid settings asking for a feature this version of retrain cannot run yet.
+
+    The loader accepts them (a campaign file is a valid config), but a run must refuse
+    them rather than train while ignoring them; ``plan_run`` reports these."""
+    issues = []
+    if config.campaign != type(config.campaign)():
+        issues.append(_issue(sources, "campaign", _first_set_key(config.campaign),
+                             "campaigns (conditions x seeds) are not part of this version of retrain",
+                             "run each condition as its own config, or remove [campaign]"))
+    if config.backpressure.enabled:
+        issues.append(_issue(sources, "backpressure", "enabled",
+                             "USL backpressure (adaptive batch size) is not part of this version of retrain",
+                             "set enabled = false (the batch size stays [training] batch_size)"))
+    if config.squeeze != type(config.squeeze)():
+        issues.append(_issue(sources, "squeeze", _first_set_key(config.squeeze),
+                             "LoRA-Squeeze rank analysis is not part of this version of retrain",
+                             "remove the [squeeze] section"))
+    for kind, section, key in (("backend", "backend", "backend"), ("engine", "inference", "engine")):
+        name = getattr(getattr(config, section), key)
+        if name in registry_names.BUILTINS[kind] and not _shipped(registry_names.BUILTINS[kind][name]):
+            available = [other for other, target in registry_names.BUILTINS[kind].items() if _shipped(target)]
+            issues.append(_issue(sources, section, key, f"the {kind} '{name}' is not part of this version of retrain",
+                                 f"choose one that is ({', '.join(available)}) or a dotted-path plugin"))
+    if config.environment.provider:
+        issues.append(_issue(sources, "environment", "provider",
+                             f"the '{config.environment.provider}' environment provider is not part of this version of retrain",
+                             "remove [environment] and take prompts from [data] (arithmetic, math, jsonl or a plugin)"))
+    return issues
 
 
 def check(config: Config, sources: Sources) -> list[ConfigIssue]:

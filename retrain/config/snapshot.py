@@ -14,7 +14,13 @@ from pathlib import Path
 
 from retrain import __version__
 from retrain.atomic import write_atomic
-from retrain.config.schema import BACKEND_OPTIONS, SECTION_FIELDS, CampaignCondition, Config, fields_of
+from retrain.config.schema import (
+    BACKEND_OPTIONS,
+    SECTION_FIELDS,
+    CampaignCondition,
+    Config,
+    fields_of,
+)
 
 REDACTED = ""
 _SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|password|credential)", re.IGNORECASE)

@@ -21,8 +21,8 @@ from types import ModuleType
 import numpy as np
 
 from retrain.config.schema import Config
-from retrain.rewards.answers import final_answer, normalize_answer
 from retrain.optional import require_module
+from retrain.rewards.answers import final_answer, normalize_answer
 from retrain.rewards.base import examples_per_completion
 from retrain.types import Example
 

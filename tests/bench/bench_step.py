@@ -32,8 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 PROMPTS = 8
 GROUP = 16
 LEARNING_RATE = 4e-4

@@ -38,7 +38,6 @@ from cli_runs import (  # noqa: E402
     cli_environment,
     load_weights,
     read_jsonl_strict,
-    retrain_command,
     start_retrain,
     workdir_with_default_config,
 )

@@ -101,3 +101,25 @@ def test_init_full_template_documents_every_setting(tmp_path: Path) -> None:
 def test_configuration_reference_page_is_current() -> None:
     committed = (REPO / "docs" / "configuration.md").read_text()
     assert committed == render_reference(), "regenerate: python -m retrain.config.reference > docs/configuration.md"
+
+
+@pytest.mark.parametrize(("text", "where", "named"), [
+    ('[campaign]\nseeds = [1, 2]\n', ":2 [campaign].seeds", "campaigns"),
+    ('[backpressure]\nenabled = true\n', ":2 [backpressure].enabled", "backpressure"),
+    ('[squeeze]\n\nmin_variance_retention = 0.9\n', ":3 [squeeze].min_variance_retention", "LoRA-Squeeze"),
+    ('[environment]\nprovider = "verifiers"\nid = "gsm8k"\n', ":2 [environment].provider", "verifiers"),
+    ('[inference]\nengine = "vllm"\nurl = "http://localhost:8000"\n', ":2 [inference].engine", "(pytorch)"),
+    ('[model]\nlora_rank = 8\n[backend]\nbackend = "tinker"\n', ":4 [backend].backend", "(local)"),
+])
+@pytest.mark.parametrize("command", ["explain", "train"])
+def test_features_not_in_this_version_are_refused_not_ignored(tmp_path: Path, text: str, where: str, named: str,
+                                                              command: str) -> None:
+    # These settings load (a campaign file is a valid config), but a run that ignored
+    # them would silently not do what the file says.
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    result = run_cli(command, str(config), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{config}{where}: " in result.stderr and named in result.stderr
+    assert "not part of this version" in result.stderr
+    assert not (tmp_path / "logs").exists()

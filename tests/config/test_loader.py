@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 from retrain.cli import load_dotenv_file, main
 from retrain.config.flags import FLAGS, parse_run_args
 from retrain.config.loader import load_config, resolve_config
-from retrain.config.schema import ALL_FIELDS, MAX_INT, SECTION_FIELDS, Config, FieldSpec, PrimeRLOptions
+from retrain.config.schema import (
+    ALL_FIELDS,
+    MAX_INT,
+    SECTION_FIELDS,
+    Config,
+    FieldSpec,
+    PrimeRLOptions,
+)
 from retrain.config.snapshot import config_to_dict, config_to_toml, write_snapshot
 from retrain.errors import ConfigError
 

@@ -1,10 +1,15 @@
+import credit_reference as ref
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import credit_reference as ref
-from retrain.advantages import correct_rate, group_stats, grpo_advantages, maxrl_advantages
+from retrain.advantages import (
+    correct_rate,
+    group_stats,
+    grpo_advantages,
+    maxrl_advantages,
+)
 
 
 def test_grpo_by_hand():

@@ -4,10 +4,10 @@ import logging
 import textwrap
 from pathlib import Path
 
+import credit_reference as ref
 import numpy as np
 import pytest
 
-import credit_reference as ref
 from retrain.config.loader import load_config
 from retrain.config.schema import (
     AlgorithmConfig,

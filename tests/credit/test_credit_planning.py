@@ -2,12 +2,12 @@ import dataclasses
 import subprocess
 import sys
 
+import credit_reference as ref
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import credit_reference as ref
 from retrain.config.schema import Config, LoggingConfig, PlanningConfig
 from retrain.errors import ConfigError
 from retrain.planning import (

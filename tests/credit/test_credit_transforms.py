@@ -1,11 +1,16 @@
+import credit_reference as ref
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import credit_reference as ref
 from retrain.sepa import sepa_pool
-from retrain.transforms import broadcast_advantages, gtpo_weights, hicra_amplify, top_rho_mask
+from retrain.transforms import (
+    broadcast_advantages,
+    gtpo_weights,
+    hicra_amplify,
+    top_rho_mask,
+)
 
 
 def padded(rows, width=None, fill=0.0, dtype=np.float32):

@@ -2,8 +2,8 @@ import math
 
 import numpy as np
 import pytest
-
 from credit_reference import ragged_batch
+
 from retrain.errors import EngineError
 from retrain.uncertainty import predictive_variance, shannon_entropy, surprisal
 

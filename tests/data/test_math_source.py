@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from retrain.config.schema import Config, DataConfig, TrainingConfig
-from retrain.data.math import ANSWER_INSTRUCTION, SUBJECTS, MathSource, load_hub, rows_to_examples
+from retrain.data.math import (
+    ANSWER_INSTRUCTION,
+    SUBJECTS,
+    MathSource,
+    load_hub,
+    rows_to_examples,
+)
 from retrain.errors import ConfigError
 
 # Per subject: (problem, solution) rows; the reference is the last box, nested braces kept.

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cli_runs import cli_environment, describe
 
 

@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from cli_runs import (
     DEFAULT_LOG_DIR,
     LOGS_DOC,

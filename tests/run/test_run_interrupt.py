@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cli_runs import (
     assert_rows_match,
     describe,

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cli_runs import REPO_ROOT, cli_environment
 
 BENCH = REPO_ROOT / "tests" / "bench"

@@ -35,7 +35,10 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_terminal_line_is_redrawn_in_place_with_eta():
+def test_terminal_line_is_redrawn_in_place_with_eta(monkeypatch):
+    # The line is cut to the terminal width; pin a wide one (COLUMNS is what
+    # shutil.get_terminal_size reads first) so the whole line is checked.
+    monkeypatch.setenv("COLUMNS", "200")
     clock = FakeClock()
     stream = Terminal()
     progress = ConsoleProgress(10, stream, clock=clock)

@@ -16,7 +16,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrain.sinks import GenerationsLog, LogFileError, MetricsLog, read_rows, sample_indices
+from retrain.sinks import (
+    GenerationsLog,
+    LogFileError,
+    MetricsLog,
+    read_rows,
+    sample_indices,
+)
 from retrain.types import Example, SampleBatch
 
 REPO = Path(__file__).resolve().parents[2]
