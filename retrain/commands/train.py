@@ -7,6 +7,7 @@ every plugin is resolved, and only then is a model loaded.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from retrain.config.flags import TABLE_FLAGS, parse_run_args, short_flag
@@ -57,6 +58,8 @@ def main(argv: list[str]) -> int:
     # retrain draws its own progress line; the hub's per-file bars would interleave with it.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     resolved = resolve_config(args.config or default_config(args.overrides), args.overrides)
+    for warning in resolved.warnings:
+        print(f"retrain: warning: {warning}", file=sys.stderr)
     from retrain.run import run_training
 
     summary = run_training(resolved)

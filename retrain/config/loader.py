@@ -324,6 +324,8 @@ class _Builder:
         config = Config(**sections)  # type: ignore[arg-type]
         if not self.issues:
             self.issues.extend(rules.check(config, self.sources))
+        if not self.issues:
+            self.warnings.extend(rules.no_effect(config, self.sources))
         if self.issues:
             raise ConfigError(sorted(self.issues, key=_issue_order))
         return config

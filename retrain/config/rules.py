@@ -159,6 +159,9 @@ def _data(config: Config, sources: Sources) -> list[ConfigIssue]:
     if data.source == "jsonl" and not data.path:
         return [_issue(sources, "data", "path", "source = \"jsonl\" needs the file to read",
                        "set path, e.g. \"data/train.jsonl\"")]
+    if data.source == "arithmetic" and data.split != "train":
+        return [_issue(sources, "data", "split", f"source = \"arithmetic\" generates one problem set and has no \"{data.split}\" split",
+                       "remove split, or use source = \"math\" or \"jsonl\" for held-out splits")]
     if data.path and data.source == "arithmetic":
         return [_issue(sources, "data", "path", f"source = \"{data.source}\" does not read a file",
                        "remove path, or set source = \"jsonl\"")]
@@ -277,3 +280,44 @@ def check(config: Config, sources: Sources) -> list[ConfigIssue]:
     for rule in RULES:
         issues.extend(rule(config, sources))
     return issues
+
+
+def _changed(section: object, keys: tuple[str, ...]) -> list[str]:
+    default = type(section)()
+    return [key for key in keys if getattr(section, key) != getattr(default, key)]
+
+
+def no_effect(config: Config, sources: Sources) -> list[ConfigIssue]:
+    """Warnings for valid, changed settings that the chosen pipeline never reads.
+
+    Only built-in transforms are judged: a transform or algorithm plugin may read any
+    section it likes."""
+    algorithm = config.algorithm
+    transform = registry_names.ALGORITHM_RECIPES.get(algorithm.algorithm_mode, ("", algorithm.transform_mode))[1]
+    if algorithm.algorithm_mode and algorithm.algorithm_mode not in registry_names.ALGORITHM_RECIPES:
+        return []
+    if transform not in registry_names.TRANSFORMS:
+        return []
+    stages = set(transform.split("_"))
+    warnings = []
+    unused_sections = [("gtpo", ("beta",)), ("hicra", ("alpha",)),
+                       ("sepa", tuple(f.name for f in dataclasses.fields(config.sepa)))]
+    for name, keys in unused_sections:
+        for key in _changed(getattr(config, name), keys) if name not in stages else []:
+            warnings.append(_issue(sources, name, key, f"has no effect: transform \"{transform}\" has no {name.upper()} stage",
+                                   f"remove it, or choose a transform with {name.upper()} (e.g. gtpo_{name})"
+                                   if name != "gtpo" else "remove it, or choose a gtpo transform"))
+    reads_planning = bool(stages & {"hicra", "sepa"})
+    planning = config.planning
+    if not reads_planning:
+        for key in _changed(planning, ("detector", "model", "threshold")):
+            warnings.append(_issue(sources, "planning", key, f"has no effect: transform \"{transform}\" uses no planning tokens",
+                                   "remove it, or choose a transform with HICRA or SEPA"))
+    elif planning.detector != "semantic":
+        for key in _changed(planning, ("model", "threshold")):
+            warnings.append(_issue(sources, "planning", key, f"is only read by the semantic detector (detector is \"{planning.detector}\")",
+                                   "remove it, or set detector = \"semantic\""))
+    if config.logging.strategic_grams and (not reads_planning or planning.detector != "regex"):
+        warnings.append(_issue(sources, "logging", "strategic_grams", "has no effect: only the regex planning detector reads it",
+                               "remove it, or use detector = \"regex\" with a HICRA or SEPA transform"))
+    return warnings

@@ -352,3 +352,43 @@ def test_snapshot_is_valid_toml_with_a_header() -> None:
     assert text.startswith("# Resolved retrain")
     assert tomllib.loads(text)["training"]["lr"] == 4e-5
     assert not math.isnan(tomllib.loads(text)["training"]["temperature"])
+
+
+# -- settings the chosen pipeline never reads --------------------------------------------
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO)) for p in SHIPPED])
+def test_shipped_configs_set_nothing_without_effect(path: Path) -> None:
+    resolved = resolve_config(path, environ={})
+    assert not [w for w in resolved.warnings if "has no effect" in w.problem and w.section != "backend.options"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # transform "none" has no GTPO/HICRA/SEPA stage and reads no planning mask.
+    ('[algorithm]\ntransform_mode = "none"\n[gtpo]\nbeta = 0.3\n[hicra]\nalpha = 0.5\n[sepa]\nsteps = 9\n'
+     '[planning]\ndetector = "semantic"\n',
+     [("gtpo", "beta", 4), ("hicra", "alpha", 6), ("sepa", "steps", 8), ("planning", "detector", 10)]),
+    # A built-in algorithm_mode decides the transform, whatever transform_mode says.
+    ('[algorithm]\nalgorithm_mode = "maxrl_gtpo_hicra"\n[sepa]\nschedule = "auto"\n',
+     [("sepa", "schedule", 4)]),
+    # The regex detector reads strategic_grams but not the semantic model or threshold.
+    ('[planning]\nthreshold = 0.1\n[logging]\nstrategic_grams = "wait,hmm"\n', [("planning", "threshold", 2)]),
+    ('[planning]\ndetector = "semantic"\n[logging]\nstrategic_grams = "wait,hmm"\n', [("logging", "strategic_grams", 4)]),
+    # Everything read: no warning.
+    ('[algorithm]\ntransform_mode = "gtpo_sepa_hicra"\n[hicra]\nalpha = 0.5\n[sepa]\nsteps = 9\n', []),
+])
+def test_settings_without_effect_are_warned_about_where_they_are(tmp_path: Path, text: str,
+                                                                 expected: list[tuple[str, str, int]]) -> None:
+    path = write(tmp_path, text)
+    resolved = resolve_config(path, environ={})
+    assert [(w.section, w.key, w.where) for w in resolved.warnings] == [(s, k, f"{path}:{line}") for s, k, line in expected]
+
+
+def test_a_transform_plugin_may_read_any_section(tmp_path: Path) -> None:
+    path = write(tmp_path, '[algorithm]\ntransform_mode = "my_pkg.MyTransform"\n[hicra]\nalpha = 0.5\n')
+    assert resolve_config(path, environ={}).warnings == []
+
+
+def test_arithmetic_has_no_other_split(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"c.toml:3 \[data\].split: .*has no \"test\" split"):
+        load_config(write(tmp_path, '[data]\nsource = "arithmetic"\nsplit = "test"\n'), environ={})
