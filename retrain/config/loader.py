@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retrain.config import rules
-from retrain.config.locate import key_lines, line_of
 from retrain.config.schema import (
     ALL_FIELDS,
     BACKEND_OPTIONS,
@@ -32,6 +31,7 @@ from retrain.config.schema import (
     FieldSpec,
     fields_of,
 )
+from retrain.config.toml_text import key_lines, line_of
 from retrain.config.values import (
     check_value,
     did_you_mean,

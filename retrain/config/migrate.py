@@ -26,15 +26,23 @@ produces a wrong file.
 
 from __future__ import annotations
 
-import bisect
 import math
-import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from retrain.config.loader import parse_toml_text
 from retrain.config.schema import LEGACY_BACKEND_KEYS, TomlValue
+from retrain.config.toml_text import (
+    BASIC_RE,
+    KEY_RE,
+    Statement,
+    UnsafeLayout,
+    end_of_multiline,
+    key_parts,
+    scan,
+    split_lines,
+)
 from retrain.errors import ConfigError, ConfigIssue
 
 OPTIONS_HEADER = "[backend.options]"
@@ -87,8 +95,8 @@ def unified_diff(original: str, migrated: str, label: str) -> str:
     import difflib
 
     lines = difflib.unified_diff(
-        _split_lines(original),
-        _split_lines(migrated),
+        split_lines(original),
+        split_lines(migrated),
         fromfile=label,
         tofile=f"{label} (migrated)",
     )
@@ -98,177 +106,6 @@ def unified_diff(original: str, migrated: str, label: str) -> str:
         if not line.endswith("\n"):
             out.append("\n\\ No newline at end of file\n")
     return "".join(out)
-
-
-# ---------------------------------------------------------------------------------------
-# Scanning TOML text into statements (one per key/value, header, comment or blank line)
-
-_BARE = r"[A-Za-z0-9_-]+"
-_BASIC = r'"(?:[^"\\\n]|\\.)*"'
-_LITERAL = r"'[^'\n]*'"
-_PART = rf"(?:{_BARE}|{_BASIC}|{_LITERAL})"
-_DOTTED = rf"{_PART}(?:[ \t]*\.[ \t]*{_PART})*"
-_HEADER_RE = re.compile(rf"[ \t]*(\[\[|\[)[ \t]*({_DOTTED})[ \t]*\]")
-_KEY_RE = re.compile(rf"[ \t]*({_DOTTED})[ \t]*=[ \t]*")
-_PART_RE = re.compile(_PART)
-_BASIC_RE = re.compile(_BASIC)
-
-# Marks the path of an [[array]] element so it never equals a plain table path.
-_ARRAY_ELEMENT = "[]"
-
-
-@dataclass(frozen=True)
-class _Statement:
-    """One logical TOML line: spans are offsets into the whole text."""
-
-    kind: str  # "blank", "comment", "table", "array", "keyval"
-    first: int  # 0-based first line
-    last: int  # 0-based last line (a multi-line value spans several)
-    table: tuple[str, ...]  # enclosing table of a keyval; own path for a header
-    key: tuple[str, ...] = ()
-    key_span: tuple[int, int] = (0, 0)
-    value_span: tuple[int, int] = (0, 0)
-    comment_span: tuple[int, int] | None = None
-
-
-def _key_parts(dotted: str) -> tuple[str, ...]:
-    parts = []
-    for match in _PART_RE.finditer(dotted):
-        part = match.group(0)
-        if part.startswith('"'):
-            part = tomllib.loads(f"k = {part}")["k"]  # resolves escapes like \u00e9
-        elif part.startswith("'"):
-            part = part[1:-1]
-        parts.append(part)
-    return tuple(parts)
-
-
-def _end_of_multiline(text: str, start: int, quote: str) -> int:
-    """Offset just past the closing delimiter of a multi-line string opened before ``start``."""
-    i = start
-    while True:
-        close = text.find(quote * 3, i)
-        if close < 0:
-            return len(text)
-        if quote == '"':
-            escape = text.find("\\", i, close)
-            if escape >= 0:
-                i = escape + 2
-                continue
-        end = close + 3
-        # Up to two quotes right before the delimiter belong to the content.
-        extra = 0
-        while extra < 2 and text.startswith(quote, end):
-            end += 1
-            extra += 1
-        return end
-
-
-def _scan_value(text: str, i: int) -> tuple[int, tuple[int, int] | None, int]:
-    """From the start of a value: (end of the value, its trailing comment span, end of statement)."""
-    depth = 0
-    value_end = i
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if text.startswith('"""', i) or text.startswith("'''", i):
-            i = value_end = _end_of_multiline(text, i + 3, ch)
-            continue
-        if ch == '"':
-            match = _BASIC_RE.match(text, i)
-            i = value_end = match.end() if match else n
-            continue
-        if ch == "'":
-            close = text.find("'", i + 1)
-            i = value_end = close + 1 if close >= 0 else n
-            continue
-        if ch == "#":
-            eol = text.find("\n", i)
-            eol = n if eol < 0 else eol
-            if depth == 0:
-                comment_end = eol - 1 if eol > i and text[eol - 1] == "\r" else eol
-                return value_end, (i, comment_end), min(eol + 1, n)
-            i = eol
-            continue
-        if ch == "\n" and depth == 0:
-            return value_end, None, i + 1
-        if ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-        if ch not in " \t\r\n":
-            value_end = i + 1
-        i += 1
-    return value_end, None, n
-
-
-def _line_starts(text: str) -> list[int]:
-    """Offsets where lines start; only "\n" ends a TOML line (unlike ``str.splitlines``)."""
-    starts = [0] + [match.end() for match in re.finditer("\n", text)]
-    if starts[-1] == len(text) and len(starts) > 1:
-        starts.pop()
-    return starts
-
-
-def _split_lines(text: str) -> list[str]:
-    """The lines of ``text`` with their endings, split on "\n" only."""
-    if not text:
-        return []
-    starts = _line_starts(text)
-    return [text[start:end] for start, end in zip(starts, starts[1:] + [len(text)])]
-
-
-def _scan(text: str) -> tuple[list[_Statement], list[int]]:
-    """Split TOML text into statements; also return the offset where each line starts."""
-    line_starts = _line_starts(text)
-
-    def line_at(offset: int) -> int:
-        return bisect.bisect_right(line_starts, offset) - 1
-
-    statements: list[_Statement] = []
-    table: tuple[str, ...] = ()
-    i = 0
-    n = len(text)
-    while i < n:
-        eol = text.find("\n", i)
-        next_line = n if eol < 0 else eol + 1
-        stripped = text[i:next_line].strip()
-        line = line_at(i)
-        if not stripped:
-            statements.append(_Statement("blank", line, line, table))
-            i = next_line
-            continue
-        if stripped.startswith("#"):
-            statements.append(_Statement("comment", line, line, table))
-            i = next_line
-            continue
-        header = _HEADER_RE.match(text, i)
-        if header and stripped.startswith("["):
-            path = _key_parts(header.group(2))
-            if header.group(1) == "[[":
-                table = path + (_ARRAY_ELEMENT,)
-                statements.append(_Statement("array", line, line, table))
-            else:
-                table = path
-                statements.append(_Statement("table", line, line, table))
-            i = next_line
-            continue
-        key = _KEY_RE.match(text, i)
-        if key is None:
-            raise _Unsafe(f"line {line + 1} is not a key, a table header or a comment")
-        value_end, comment, end = _scan_value(text, key.end())
-        statements.append(
-            _Statement(
-                "keyval", line, line_at(max(end - 1, i)), table, _key_parts(key.group(1)),
-                key.span(1), (key.end(), value_end), comment,
-            )
-        )
-        i = end
-    return statements, line_starts
-
-
-class _Unsafe(Exception):
-    """The text has a layout this module does not rewrite; becomes a ConfigError."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -282,7 +119,7 @@ class _Legacy:
     old: str  # the legacy key name, e.g. "prime_rl_transport"
     new: str  # its name in [backend.options], e.g. "transport"
     value: TomlValue
-    statement: _Statement
+    statement: Statement
     first: int  # first line of the group (comments directly above included)
     blank_before: bool  # a blank line separated the group from what came before
 
@@ -311,7 +148,7 @@ def migrate_text(text: str, label: str = "<config>") -> Migration:
         rewriter = _Rewriter(text, legacy_values, options)
         migrated = rewriter.rewrite()
         _verify(data, migrated)
-    except _Unsafe as exc:
+    except UnsafeLayout as exc:
         raise ConfigError(
             ConfigIssue(label, "backend", ", ".join(legacy_values),
                         f"migrate-config cannot rewrite this layout safely ({exc})",
@@ -334,9 +171,9 @@ class _Rewriter:
 
     def __init__(self, text: str, legacy_values: dict[str, TomlValue], options: dict[str, TomlValue]) -> None:
         self.text = text
-        self.lines = _split_lines(text)
+        self.lines = split_lines(text)
         self.newline = "\r\n" if "\r\n" in text else "\n"
-        self.statements, self.line_starts = _scan(text)
+        self.statements, self.line_starts = scan(text)
         self.legacy_values = legacy_values
         self.options = options
         self.deleted: set[int] = set()
@@ -348,10 +185,10 @@ class _Rewriter:
 
     # -- finding things ---------------------------------------------------------------
 
-    def _keyvals(self, table: tuple[str, ...], key: tuple[str, ...]) -> list[_Statement]:
+    def _keyvals(self, table: tuple[str, ...], key: tuple[str, ...]) -> list[Statement]:
         return [s for s in self.statements if s.kind == "keyval" and s.table == table and s.key == key]
 
-    def _region(self, header: _Statement) -> list[_Statement]:
+    def _region(self, header: Statement) -> list[Statement]:
         """The statements under a table header, up to the next header."""
         index = self.statements.index(header)
         region = []
@@ -361,7 +198,7 @@ class _Rewriter:
             region.append(statement)
         return region
 
-    def _header(self, path: tuple[str, ...]) -> _Statement | None:
+    def _header(self, path: tuple[str, ...]) -> Statement | None:
         return next((s for s in self.statements if s.kind == "table" and s.table == path), None)
 
     def _legacy(self) -> list[_Legacy]:
@@ -369,7 +206,7 @@ class _Rewriter:
         for old, value in self.legacy_values.items():
             matches = self._keyvals(("backend",), (old,)) + self._keyvals((), ("backend", old))
             if len(matches) != 1:
-                raise _Unsafe(f"'{old}' is written in a form it does not recognise")
+                raise UnsafeLayout(f"'{old}' is written in a form it does not recognise")
             statement = matches[0]
             first = statement.first
             index = self.statements.index(statement)
@@ -414,11 +251,11 @@ class _Rewriter:
         else:
             backend_header = self._header(("backend",))
             if backend_header is None:
-                raise _Unsafe("no [backend] header was found")
+                raise UnsafeLayout("no [backend] header was found")
             self._append_to_table(backend_header, kept, created=True)
         return self._render()
 
-    def _renamed(self, statement: _Statement, new_key: str) -> str:
+    def _renamed(self, statement: Statement, new_key: str) -> str:
         """The first line of ``statement`` with its key replaced by ``new_key``."""
         start = self.line_starts[statement.first]
         line = self.lines[statement.first]
@@ -432,7 +269,7 @@ class _Rewriter:
             lines[-1] += self.newline
         return lines
 
-    def _append_to_table(self, header: _Statement, items: list[_Legacy], created: bool) -> None:
+    def _append_to_table(self, header: Statement, items: list[_Legacy], created: bool) -> None:
         """Write the items after the last entry of ``header``'s table (or a new options table there)."""
         if not items:
             return
@@ -454,7 +291,7 @@ class _Rewriter:
             self.replaced[anchor] = self.replaced.get(anchor, self.lines[anchor]) + self.newline
         self.after.setdefault(anchor, []).extend(out)
 
-    def _last_entry_line(self, header: _Statement, region: list[_Statement]) -> int:
+    def _last_entry_line(self, header: Statement, region: list[Statement]) -> int:
         """The line after which new entries go: the table's last content, leaving a comment
         block that sits directly on the next header with that header."""
         ends_at_header = self.statements.index(header) + 1 + len(self._region(header)) < len(self.statements)
@@ -497,10 +334,10 @@ class _Rewriter:
             elif line > 0 and not self.lines[line - 1].strip() and after_blank:
                 self.deleted.add(line - 1)
 
-    def _merge_into_inline(self, statement: _Statement, items: list[_Legacy]) -> None:
+    def _merge_into_inline(self, statement: Statement, items: list[_Legacy]) -> None:
         """Add the items as entries of an inline ``options = { ... }``; their comments go above it."""
         if statement.first != statement.last:
-            raise _Unsafe("the inline options table spans several lines")
+            raise UnsafeLayout("the inline options table spans several lines")
         value = self.text[statement.value_span[0] : statement.value_span[1]]
         entries = [(item.new, self._inline_value(item)) for item in items]
         self._replace_value(statement, _inline_with_entries(value, entries))
@@ -524,19 +361,19 @@ class _Rewriter:
 
         one_line = tomli_w.dumps({"v": item.value}).split("=", 1)[1].strip()
         if "\n" in one_line:
-            raise _Unsafe(f"'{item.old}' has a value that cannot be written inside an inline table")
+            raise UnsafeLayout(f"'{item.old}' has a value that cannot be written inside an inline table")
         return one_line
 
-    def _replace_value(self, statement: _Statement, new_value: str) -> None:
+    def _replace_value(self, statement: Statement, new_value: str) -> None:
         start = self.line_starts[statement.first]
         line = self.lines[statement.first]
         value_start, value_end = statement.value_span
         self.replaced[statement.first] = line[: value_start - start] + new_value + line[value_end - start :]
 
-    def _rewrite_inline_backend(self, statement: _Statement) -> str:
+    def _rewrite_inline_backend(self, statement: Statement) -> str:
         """``backend = { ... }``: drop the legacy entries and add an inline ``options`` entry."""
         if statement.first != statement.last:
-            raise _Unsafe("the inline [backend] table spans several lines")
+            raise UnsafeLayout("the inline [backend] table spans several lines")
         self.legacy_lines = {old: statement.first + 1 for old in self.legacy_values}
         value = self.text[statement.value_span[0] : statement.value_span[1]]
         entries = _split_inline(value)
@@ -545,14 +382,14 @@ class _Rewriter:
         options_entry: int | None = None
         dotted_options = False
         for entry in entries:
-            key_match = _KEY_RE.match(entry)
+            key_match = KEY_RE.match(entry)
             if key_match is None:
-                raise _Unsafe("an entry of the inline [backend] table could not be read")
-            parts = _key_parts(key_match.group(1))
+                raise UnsafeLayout("an entry of the inline [backend] table could not be read")
+            parts = key_parts(key_match.group(1))
             raw_value = entry[key_match.end() :].strip()
             if len(parts) == 1 and parts[0] in self.legacy_values:
                 if "\n" in raw_value:
-                    raise _Unsafe("a multi-line value inside an inline table")
+                    raise UnsafeLayout("a multi-line value inside an inline table")
                 new = LEGACY_BACKEND_KEYS[parts[0]]
                 if new not in self.options:
                     moved.append((new, raw_value))
@@ -563,7 +400,7 @@ class _Rewriter:
                 dotted_options = True
             kept_entries.append(entry.strip())
         if options_entry is not None:
-            key_match = _KEY_RE.match(kept_entries[options_entry])
+            key_match = KEY_RE.match(kept_entries[options_entry])
             assert key_match is not None
             head = kept_entries[options_entry][: key_match.end()]
             kept_entries[options_entry] = head + _inline_with_entries(kept_entries[options_entry][key_match.end() :].strip(), moved)
@@ -592,7 +429,7 @@ def _split_inline(value: str) -> list[str]:
     """The top-level ``key = value`` entries of an inline table's text (braces included)."""
     body = value.strip()
     if not (body.startswith("{") and body.endswith("}")):
-        raise _Unsafe("an inline table was expected")
+        raise UnsafeLayout("an inline table was expected")
     body = body[1:-1]
     entries: list[str] = []
     depth = 0
@@ -601,10 +438,10 @@ def _split_inline(value: str) -> list[str]:
     while i < len(body):
         ch = body[i]
         if body.startswith('"""', i) or body.startswith("'''", i):
-            i = _end_of_multiline(body, i + 3, ch)
+            i = end_of_multiline(body, i + 3, ch)
             continue
         if ch == '"':
-            match = _BASIC_RE.match(body, i)
+            match = BASIC_RE.match(body, i)
             i = match.end() if match else len(body)
             continue
         if ch == "'":
@@ -653,7 +490,7 @@ def _verify(original: dict[str, TomlValue], migrated: str) -> None:
     try:
         result = tomllib.loads(migrated)
     except tomllib.TOMLDecodeError as exc:
-        raise _Unsafe(f"the rewritten text would not parse: {exc}") from None
+        raise UnsafeLayout(f"the rewritten text would not parse: {exc}") from None
     expected = dict(original)
     backend = dict(original["backend"])  # type: ignore[arg-type]
     options = dict(backend.get("options", {}))
@@ -663,7 +500,7 @@ def _verify(original: dict[str, TomlValue], migrated: str) -> None:
     backend["options"] = options
     expected["backend"] = backend
     if not _same(result, expected):
-        raise _Unsafe("the rewritten text would not hold the same values")
+        raise UnsafeLayout("the rewritten text would not hold the same values")
 
 
 def _same(a: object, b: object) -> bool:
@@ -701,7 +538,7 @@ def _option_lines(text: str) -> dict[str, int]:
     """1-based line of each [backend.options] entry; an inline table counts as its own line."""
     lines: dict[str, int] = {}
     fallback = 0
-    for statement in _scan(text)[0]:
+    for statement in scan(text)[0]:
         if statement.kind != "keyval":
             continue
         path = statement.table + statement.key
