@@ -14,8 +14,9 @@ to an uninterrupted reference run, the same generations, a final model that load
 Run: python tests/bench/crash_resume_trials.py [--trials 10] [--seed 0] [--max-steps 24] [--save-every 2]
 Exit code 0 when every trial passes. One kill in five lands at a random moment of the
 start-up (before the first metrics row, so before any checkpoint); the others at a
-random moment after the first row, up to 1.2x the time a reference run took from its
-first to its last row, so most land while the run trains or writes a checkpoint.
+random moment inside a random one of the steps still to run (sampling, update, metrics
+write or checkpoint), timed by the run's own pace so that load on the machine does not
+let a run finish before its kill.
 """
 
 from __future__ import annotations
@@ -124,22 +125,46 @@ def check_after_kill(log_dir: Path, trial: Trial) -> tuple[int, bool]:
     return len(steps), torn
 
 
-def kill_after_random_delay(process: subprocess.Popen[str], rng: random.Random, metrics: Path,
-                            timing: tuple[float, float]) -> float | None:
+def kill_at_random_moment(process: subprocess.Popen[str], rng: random.Random, metrics: Path,
+                          timing: tuple[float, float], max_steps: int) -> float | None:
     """SIGKILL ``process`` at a random moment; the seconds since its start, or None if it
-    finished first. One kill in five lands while it starts up (before any row); the
-    others at a uniform moment of its training (first to last row of the reference run,
-    plus a fifth for the final checkpoint), timed from its own first row."""
+    finished first.
+
+    One kill in five lands while it starts up (before its first row; the reference run's
+    start-up time bounds the delay). The others pick one of the steps still to run and
+    land at a uniform moment inside it — its sampling, update, metrics write or checkpoint
+    — timed by this run's own pace, so a loaded machine moves the kill with the run
+    instead of letting the run finish first."""
     start = time.monotonic()
+    rows_at_start = complete_rows(metrics)
     first_row_s, last_row_s = timing
+    reference_step_s = (last_row_s - first_row_s) / max(max_steps - 1, 1)
     if rng.random() < 0.2:
-        delay = rng.uniform(0.0, first_row_s)
-    else:
-        while complete_rows(metrics) == 0 and process.poll() is None:
-            time.sleep(0.01)
-        delay = time.monotonic() - start + rng.uniform(0.0, 1.2 * (last_row_s - first_row_s))
+        return _kill_after(process, rng.uniform(0.0, first_row_s), start)
+    target = rng.randrange(rows_at_start, max_steps)  # kill while row target + 1 is on its way
+    fraction = rng.random()
+    seen, seen_at = rows_at_start, start
+    step_times: list[float] = []
+    while process.poll() is None:
+        rows = complete_rows(metrics)
+        now = time.monotonic()
+        if rows != seen:
+            # The first row of a process also carries its start-up; a resumed run first
+            # cuts the log back to its checkpoint (rows go down).
+            if rows > seen > rows_at_start:
+                step_times.append((now - seen_at) / (rows - seen))
+            seen, seen_at = rows, now
+        if rows >= target and (rows > rows_at_start or target == rows_at_start):
+            step_s = sum(step_times) / len(step_times) if step_times else reference_step_s
+            # The last step ends with the final checkpoint, which takes longer than a step.
+            return _kill_after(process, now - start + fraction * step_s, start)
+        time.sleep(0.005)
+    return None
+
+
+def _kill_after(process: subprocess.Popen[str], delay_s: float, start: float) -> float | None:
     try:
-        process.wait(timeout=max(0.0, delay - (time.monotonic() - start)))
+        process.wait(timeout=max(0.0, delay_s - (time.monotonic() - start)))
         return None
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGKILL)
@@ -155,9 +180,11 @@ def run_trial(number: int, rng: random.Random, workdir: Path, cache: Path, base_
         done_step = state_step(log_dir)
         args = base_args + ["--log-dir", log_dir.name] if done_step is None else \
             ["--resume", log_dir.name, "--max-steps", base_args[base_args.index("--max-steps") + 1]]
+        max_steps = int(base_args[base_args.index("--max-steps") + 1])
         kill = kills == 0 or (kills < MAX_KILLS_PER_TRIAL and rng.random() < KILL_AGAIN_PROBABILITY)
         process = start_retrain(workdir, cache, *args)
-        killed_at = kill_after_random_delay(process, rng, log_dir / "metrics.jsonl", timing) if kill else None
+        killed_at = (kill_at_random_moment(process, rng, log_dir / "metrics.jsonl", timing, max_steps)
+                     if kill else None)
         _, stderr = process.communicate(timeout=600)
         command = "fresh" if done_step is None else f"resume from step {done_step}"
         if killed_at is None:

@@ -2,8 +2,8 @@
 
 A deliberately plain RL loop around the real engine and backend: 8 prompts x 16 samples,
 at most 4 new tokens, temperature 1.0, reward 1 for an exact answer, GRPO advantages
-r - mean(r) per group on every token, the backend's loss and AdamW. The clock includes
-building the tiny model from scratch.
+r - mean(r) per group on every token, the backend's loss and AdamW, from a tiny model
+built from scratch.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from retrain.models.tiny import ensure_tiny_model
 # seeds collapse onto a single answer for every prompt, after which no group carries signal.
 LORA_RANK = 0
 LEARNING_RATE = 3e-4
-TIME_LIMIT_S = 240
+# A step budget, not a time limit: the 5-minute wall-clock target is measured by
+# tests/bench/bench_default_run.py, and a clock here would fail on a busy machine.
+MAX_STEPS = 1500
 WINDOW = 20
 
 
@@ -39,7 +41,7 @@ def test_tiny_model_learns_modular_addition(tmp_path: Path) -> None:
     prompts = dict(zip((e.example_id for e in examples), encode_prompts(backend.tokenizer, examples)))
     order = random.Random(0)
     rewards_per_step: list[float] = []
-    while time.monotonic() - start < TIME_LIMIT_S:
+    while len(rewards_per_step) < MAX_STEPS:
         chosen = order.sample(examples, 8)
         samples = backend.engine().generate([prompts[e.example_id] for e in chosen], n=16, max_tokens=4,
                                             temperature=1.0, top_p=1.0)
