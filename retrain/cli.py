@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import select
 import sys
 from pathlib import Path
 
@@ -65,7 +66,46 @@ def load_dotenv_file(directory: Path | None = None) -> None:
             os.environ[name] = value
 
 
+# The exit status of a process killed by SIGPIPE, as a shell reports it (128 + 13).
+BROKEN_PIPE_EXIT_CODE = 141
+
+
+def stdout_is_closed() -> bool:
+    """Whether the reader of stdout has gone away (``retrain explain | head -1``).
+
+    Told apart by polling the descriptor rather than by the exception alone, so that a
+    broken pipe from a socket (an engine or judge connection) still surfaces as an error.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a reader that closes stdout early ends it quietly (exit 141)."""
+    try:
+        code = run_command(argv)
+        # Flushed here, not at interpreter exit, so that a closed pipe is caught below.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        if not stdout_is_closed():
+            raise
+        # The interpreter flushes stdout once more at exit; point the descriptor at
+        # /dev/null so that flush has somewhere to go instead of raising again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return BROKEN_PIPE_EXIT_CODE
+
+
+def run_command(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=os.environ.get("RETRAIN_LOG_LEVEL", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s")
     if args[:1] in (["-h"], ["--help"]):

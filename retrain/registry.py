@@ -207,10 +207,11 @@ CONTRACTS: dict[str, KindContract] = {
     ),
     "backend": KindContract(
         "class", 1,
-        {"train_step": 1, "save_adapter": 1, "save_state": 1, "load_state": 1, "engine": 0,
+        {"encode_prompt": 1, "train_step": 1, "save_adapter": 1, "save_state": 1, "load_state": 1, "engine": 0,
          "sync_engine_weights": 0, "shutdown": 0},
-        "class B: __init__(self, config); capabilities; train_step(batch) -> TrainResult; save_adapter(path); "
-        "save_state(directory); load_state(directory); engine(); sync_engine_weights() -> int; shutdown()",
+        "class B: __init__(self, config); capabilities; encode_prompt(messages) -> list[int]; "
+        "train_step(batch) -> TrainResult; save_adapter(path); save_state(directory); load_state(directory); "
+        "engine(); sync_engine_weights() -> int; shutdown()",
     ),
     "engine": KindContract(
         "class", 1, {"generate": 5, "load_adapter": 2},

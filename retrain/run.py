@@ -20,6 +20,7 @@ the step in progress, checkpoints it and stops (docs/checkpoints.md).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -28,8 +29,9 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -39,7 +41,7 @@ from retrain.config.loader import ResolvedConfig, load_config, replace_setting
 from retrain.config.rules import not_in_this_version
 from retrain.config.schema import Config
 from retrain.config.snapshot import config_to_dict, write_snapshot
-from retrain.errors import ConfigError, RetrainError
+from retrain.errors import ConfigError, ConfigIssue, RetrainError
 from retrain.registry import resolve
 
 logger = logging.getLogger(__name__)
@@ -81,12 +83,54 @@ def plan_run(resolved: ResolvedConfig) -> RunPlan:
     for kind, name in (("backend", config.backend.backend), ("engine", config.inference.engine),
                        ("data", config.data.source), ("reward", config.reward.type)):
         components[kind] = {"name": name, "origin": locate(kind, name, config, base_dir)}
+    if config.reward.type == "custom":
+        components["reward"]["origin"] = locate_custom_reward(config, base_dir)
     credit = build_credit_pipeline(config, base_dir)
     credit.probe()
     if credit.needs_planning:
         plugin = resolve("planning", config.planning.detector, config.plugins, base_dir)
         components["planning"] = {"name": config.planning.detector, "origin": plugin.origin}
+    problems = preflight_issues(config, needs_planning=credit.needs_planning)
+    if problems:
+        raise ConfigError([dataclasses.replace(issue, where=issue.where or resolved.sources.get((issue.section, issue.key), ""))
+                           for issue in problems])
     return RunPlan(resolved, config, base_dir, components, credit)
+
+
+# (module, extra, section, key, feature) of the optional packages a setting needs.
+def _needed_packages(config: Config, needs_planning: bool) -> list[tuple[str, str, str, str, str]]:
+    needed = []
+    if config.reward.type == "math":
+        needed.append(("math_verify", "math", "reward", "type", "type = \"math\""))
+    if config.data.source == "math" and not config.data.path:
+        needed.append(("datasets", "local", "data", "source", "source = \"math\" from the hub"))
+    if config.logging.wandb_project:
+        needed.append(("wandb", "wandb", "logging", "wandb_project", "wandb logging"))
+    if needs_planning and config.planning.detector == "semantic":
+        needed.append(("sentence_transformers", "semantic", "planning", "detector", "detector = \"semantic\""))
+    return needed
+
+
+def preflight_issues(config: Config, needs_planning: bool) -> list[ConfigIssue]:
+    """Cheap checks of what a run will read — files, optional packages, planning grams —
+    so ``retrain explain`` finds them instead of a run after its model has loaded."""
+    from retrain.planning import parse_strategic_grams
+
+    issues = []
+    for module, extra, section, key, feature in _needed_packages(config, needs_planning):
+        if importlib.util.find_spec(module) is None:
+            issues.append(ConfigIssue("", section, key, f"{feature} needs the Python package '{module}', which is "
+                                      "not installed", f"install it with: pip install 'retrain[{extra}]'"))
+    data = config.data
+    if data.source == "jsonl" and data.path and not Path(data.path).is_file():
+        issues.append(ConfigIssue("", "data", "path", f"{data.path} is not a file",
+                                  "fix the path (relative paths start at the current directory)"))
+    if needs_planning and config.planning.detector == "regex":
+        try:
+            parse_strategic_grams(config.logging.strategic_grams)
+        except ConfigError as exc:
+            issues.extend(exc.issues)
+    return issues
 
 
 def locate(kind: str, name: str, config: Config, base_dir: Path) -> str:
@@ -97,7 +141,69 @@ def locate(kind: str, name: str, config: Config, base_dir: Path) -> str:
     return resolve(kind, name, config.plugins, base_dir).origin
 
 
+def locate_custom_reward(config: Config, base_dir: Path) -> str:
+    """Import the ``[reward] custom_module`` function and check its signature, so a
+    missing module or a wrong signature shows up in ``retrain explain``."""
+    from retrain.rewards.custom import check_reward_function
+
+    label = f"{config.reward.custom_module}.{config.reward.custom_function}"
+    plugin = resolve("reward", label, config.plugins, base_dir)
+    check_reward_function(plugin.obj, label)
+    return plugin.origin
+
+
+def build_reward(config: Config, base_dir: Path) -> object:
+    """The ``[reward] type``; the custom reward finds its module through ``[plugins]
+    search_paths`` relative to the config file's folder, like every plugin."""
+    reward_class = resolve("reward", config.reward.type, config.plugins, base_dir).obj
+    if config.reward.type == "custom":
+        return reward_class(config, base_dir=base_dir)
+    return reward_class(config)
+
+
 # ---------------------------------------------------------------------------------------
+
+
+class InProcessWeights:
+    """The engine is the backend's own (it shares or copies the training model)."""
+
+    def __init__(self, backend: object) -> None:
+        self.backend = backend
+
+    def sync(self) -> int:
+        """Make the engine sample from the latest weights; the policy version."""
+        return self.backend.sync_engine_weights()  # type: ignore[attr-defined]
+
+    def resume(self, version: int) -> None:
+        """Nothing to do: restoring the backend restored its engine."""
+
+
+class AdapterPublisher:
+    """The engine has its own copy of the model (an engine plugin, a server): after each
+    update the backend writes its adapter to ``directory`` and the engine loads it.
+    One published adapter is kept on disk at a time."""
+
+    def __init__(self, backend: object, engine: object, directory: Path) -> None:
+        self.backend = backend
+        self.engine = engine
+        self.directory = directory
+        self.published_version = 0  # the engine starts from the same base weights
+
+    def sync(self) -> int:
+        version = int(self.backend.sync_engine_weights())  # type: ignore[attr-defined]
+        if version != self.published_version:
+            self.resume(version)
+        return version
+
+    def resume(self, version: int) -> None:
+        """Publish the current weights as ``version`` (after a restore, or an update)."""
+        path = self.directory / f"policy_v{version}"
+        self.backend.save_adapter(path)  # type: ignore[attr-defined]
+        self.engine.load_adapter(path, version)  # type: ignore[attr-defined]
+        for old in self.directory.glob("policy_v*"):
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
+        self.published_version = version
 
 
 class NoPlanning:
@@ -120,9 +226,8 @@ class Run:
     credit: object
     planning: object
     sinks: object
+    weights: object  # InProcessWeights or AdapterPublisher: brings the engine up to date
     start_step: int = 1
-    resumed_from: Path | None = None
-    closers: list[object] = field(default_factory=list)
 
 
 def adapter_dir(config: Config) -> Path:
@@ -138,8 +243,14 @@ def effective_seed(config: Config) -> int:
 
 
 def seed_global_rngs(seed: int) -> None:
+    """Seed Python's, numpy's and (when installed) torch's global generators; torch's
+    drives LoRA dropout, so without it one seed would not give one run."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.manual_seed(seed)  # every CUDA device too
 
 
 def build_run(plan: RunPlan, resume_state: dict[str, object] | None = None) -> Run:
@@ -161,19 +272,19 @@ def build_run(plan: RunPlan, resume_state: dict[str, object] | None = None) -> R
     seed_global_rngs(seed)
     base = plan.base_dir
     data = resolve("data", config.data.source, config.plugins, base).obj(config)
-    reward = resolve("reward", config.reward.type, config.plugins, base).obj(config)
+    reward = build_reward(config, base)
     backend = resolve("backend", config.backend.backend, config.plugins, base).obj(config)
-    engine = backend.engine() if config.inference.engine == "pytorch" else \
-        resolve("engine", config.inference.engine, config.plugins, base).obj(config)
+    weights: InProcessWeights | AdapterPublisher
+    if config.inference.engine == "pytorch":
+        engine = backend.engine()
+        weights = InProcessWeights(backend)
+    else:
+        engine = resolve("engine", config.inference.engine, config.plugins, base).obj(config)
+        weights = AdapterPublisher(backend, engine, Path(config.logging.log_dir) / "engine_weights")
     credit = plan.credit
     planning = build_planning_detector(config, base) if credit.needs_planning else NoPlanning()  # type: ignore[attr-defined]
     stream = PromptStream(data.examples(), seed, shuffle=config.data.shuffle)
-    tokenizer = backend.tokenizer
-
-    def encode(messages: tuple[dict[str, str], ...]) -> list[int]:
-        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
+    encode = backend.encode_prompt
     training = config.training
     settings = SamplingSettings(training.batch_size, training.group_size, training.max_tokens, training.temperature,
                                 training.top_p, credit.needs_entropies)  # type: ignore[attr-defined]
@@ -191,6 +302,7 @@ def build_run(plan: RunPlan, resume_state: dict[str, object] | None = None) -> R
                         wandb_run_id=str(resume_state.get("wandb_run_id")) if resume_state and resume_state.get("wandb_run_id") else None)
     return Run(config=config, log_dir=log_dir, adapter_dir=adapter_dir(config), seed=seed,
                backend=backend, engine=engine, collector=collector, credit=credit, planning=planning, sinks=sinks,
+               weights=weights,
                start_step=completed + 1)
 
 
@@ -252,8 +364,14 @@ def read_trainer_state(log_dir: Path) -> dict[str, object]:
         state = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise RetrainError(f"cannot resume: {path} is not valid JSON ({exc.msg})") from exc
-    if state.get("version") != STATE_VERSION:
-        raise RetrainError(f"cannot resume: {path} was written by an incompatible retrain version")
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise RetrainError(f"cannot resume: {path} was not written by this version of retrain — resume with the "
+                           "version that wrote it, or start a fresh run")
+    expected = {"step": int, "seed": int, "checkpoint": str, "data": dict, "credit": dict, "rng": dict}
+    wrong = [key for key, kind in expected.items() if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
+    if wrong:
+        raise RetrainError(f"cannot resume: {path} is damaged ({', '.join(wrong)} missing or of the wrong type) — "
+                           "resume from a copy of the run, or start a fresh run")
     return state
 
 
@@ -278,15 +396,63 @@ class RunSummary:
     last_row: dict[str, object]
 
 
-def prepare_log_dir(config: Config, resuming: bool) -> Path:
+LOCK_FILE = ".retrain.lock"
+OWNER_FILE = ".retrain-run"
+
+
+def claim_output_dirs(config: Config, resuming: bool) -> IO[str]:
+    """Create ``log_dir`` and the adapter folder and claim them for this run.
+
+    Returns the open lock file; the run holds an exclusive ``flock`` on it until it ends,
+    so two processes never append to one run. The adapter folder records which run owns
+    it: several runs sharing one ``adapter_path`` (a fixed path such as the default
+    ``/tmp/retrain_adapter``) would overwrite each other's checkpoints.
+    """
+    import fcntl
+
     log_dir = Path(config.logging.log_dir)
     if not resuming and (log_dir / STATE_FILE).exists():
         raise RetrainError(
             f"{log_dir} already holds a run (it has {STATE_FILE}); nothing was changed — continue it with "
             f"`--resume {log_dir}`, or choose another --log-dir"
         )
-    log_dir.mkdir(parents=True, exist_ok=True)
-    return log_dir
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(log_dir / LOCK_FILE, "a")  # noqa: SIM115 - held open for the whole run
+    except OSError as exc:
+        raise RetrainError(f"cannot use [logging] log_dir {log_dir}: {exc.strerror or exc} — "
+                           "choose a folder this user can create and write to") from exc
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise RetrainError(f"another retrain process is running in {log_dir} — let it finish (or stop it), "
+                           "or choose another --log-dir") from None
+    try:
+        _claim_adapter_dir(adapter_dir(config), log_dir)
+    except BaseException:
+        lock.close()
+        raise
+    return lock
+
+
+def _claim_adapter_dir(adapters: Path, log_dir: Path) -> None:
+    owner_file = adapters / OWNER_FILE
+    me = str(log_dir.resolve())
+    try:
+        adapters.mkdir(parents=True, exist_ok=True)
+        if adapters.resolve().is_relative_to(log_dir.resolve()):
+            return  # inside the run's own folder (e.g. "{log_dir}/adapter"): nobody else's
+        owner = owner_file.read_text().strip() if owner_file.is_file() else ""
+        if owner and owner != me and (Path(owner) / STATE_FILE).exists():
+            raise RetrainError(
+                f"[backend] adapter_path {adapters} holds the adapters of the run in {owner}, which this run would "
+                "overwrite — give each run its own folder: adapter_path = \"{log_dir}/adapter\""
+            )
+        write_atomic(owner_file, me + "\n")
+    except OSError as exc:
+        raise RetrainError(f"cannot write [backend] adapter_path {adapters}: {exc.strerror or exc} — "
+                           "choose a folder this user can create and write to") from exc
 
 
 # Settings a resumed run may change: they decide how long it runs, what it logs and where,
@@ -404,6 +570,7 @@ def start(run: Run, state: dict[str, object] | None) -> None:
         write_snapshot(run.config, run.log_dir / CONFIG_FILE)
         return
     restore(run, state)
+    run.weights.resume(int(state.get("policy_version", 0)))  # type: ignore[attr-defined,arg-type]
     # A later plain `--resume` continues with what this one was given (say a larger max_steps).
     write_snapshot(replace_setting(run.config, "resume.from", ""), run.log_dir / CONFIG_FILE)
 
@@ -426,7 +593,8 @@ def train_loop(run: Run, skipped_updates: int) -> dict[str, object]:
             run.sinks.log_generations(step, record.collected.examples, record.collected.samples,  # type: ignore[attr-defined]
                                       record.collected.rewards_P_G.reshape(-1))
             if step == max_steps or (save_every and step % save_every == 0) or stop.requested:
-                save_checkpoint(run, step, {"skipped_updates": skipped_updates})
+                save_checkpoint(run, step, {"skipped_updates": skipped_updates,
+                                            "policy_version": record.policy_version})
             if stop.signum is not None and step < max_steps:
                 logger.warning("stopped after step %d of %d; continue with `retrain --resume %s`",
                                step, max_steps, run.log_dir)
@@ -438,7 +606,14 @@ def run_training(resolved: ResolvedConfig) -> RunSummary:
     """Plan, build, (resume,) train and checkpoint a run."""
     config, state = resume_context(resolved.config)
     plan = plan_run(dataclasses.replace(resolved, config=config))
-    prepare_log_dir(config, resuming=state is not None)
+    lock = claim_output_dirs(config, resuming=state is not None)
+    try:
+        return _train(plan, state)
+    finally:
+        lock.close()
+
+
+def _train(plan: RunPlan, state: dict[str, object] | None) -> RunSummary:
     run = build_run(plan, state)
     try:
         start(run, state)

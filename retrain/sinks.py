@@ -382,28 +382,57 @@ class WandbSink(Sink):
 
     The run gets ``[logging] wandb_project``/``wandb_entity``/``wandb_group``, the name
     from ``wandb_run_name`` and the tags from ``wandb_tags``, with the resolved config
-    (secrets blanked) as its config. ``run_id`` continues an earlier wandb run (store
-    ``sink.run_id`` with the trainer state to resume into the same run). wandb's own
-    environment variables apply (``WANDB_MODE=offline``, ``WANDB_DIR``, ``WANDB_API_KEY``).
+    (secrets blanked) as its config. wandb's own environment variables apply
+    (``WANDB_MODE=offline``, ``WANDB_DIR``, ``WANDB_API_KEY``).
+
+    ``run_id`` continues an earlier wandb run (``sink.run_id`` is stored with the trainer
+    state). A resumed run passes the checkpoint's step as ``resume_step`` as well: it
+    redoes the steps after it, which the crashed attempt may already have logged, and
+    wandb drops any row whose step is below the run's last one. So the run is rewound
+    (``wandb.init(resume_from="<id>?_step=<resume_step>")``): wandb keeps the history up
+    to and including ``resume_step``, archives the rest, and the redone steps replace the
+    crashed attempt's. Rewinding is a wandb server feature that not every account or
+    server offers; where wandb refuses it, the run is continued as it stands, with a
+    warning that the redone steps below its last logged step are missing from wandb
+    (``metrics.jsonl`` always has them). ``init`` stands in for ``wandb.init``.
     """
 
-    def __init__(self, config: Config, *, run_id: str | None = None) -> None:
+    def __init__(self, config: Config, *, run_id: str | None = None, resume_step: int | None = None,
+                 init: Callable[..., object] | None = None) -> None:
         from retrain.config.snapshot import config_to_dict
 
         wandb = require_module("wandb", "wandb", "logging", "wandb_project", "wandb logging")
         settings = config.logging
-        self.run = wandb.init(
-            project=settings.wandb_project,
-            entity=settings.wandb_entity or None,
-            group=settings.wandb_group or None,
-            name=wandb_run_name(config),
-            tags=wandb_tags(config) or None,
-            config=config_to_dict(config),
-            id=run_id,
-            resume="allow" if run_id else None,
-        )
-        self.run_id: str = self.run.id
+        start = init or wandb.init
+        arguments: dict[str, object] = {
+            "project": settings.wandb_project,
+            "entity": settings.wandb_entity or None,
+            "group": settings.wandb_group or None,
+            "name": wandb_run_name(config),
+            "tags": wandb_tags(config) or None,
+            "config": config_to_dict(config),
+        }
+        if run_id is None:
+            self.run = start(**arguments)
+        elif resume_step is None:
+            self.run = start(**arguments, id=run_id, resume="allow")
+        else:
+            self.run = self._rewind(start, arguments, run_id, resume_step, wandb.errors.Error)
+        self.run_id: str = self.run.id  # type: ignore[attr-defined]
         self._wandb = wandb
+
+    @staticmethod
+    def _rewind(start: Callable[..., object], arguments: dict[str, object], run_id: str, resume_step: int,
+                refused: type[Exception]) -> object:
+        try:
+            return start(**arguments, resume_from=f"{run_id}?_step={resume_step}")
+        except refused as exc:
+            logger.warning(
+                "wandb refused to rewind run %s to step %d (%s); continuing it as it stands instead, so wandb "
+                "drops the redone steps after %d up to the crashed attempt's last logged step and keeps that "
+                "attempt's values for them (metrics.jsonl has the redone values)",
+                run_id, resume_step, exc, resume_step)
+            return start(**arguments, id=run_id, resume="allow")
 
     def log(self, row: Mapping[str, object], step: int) -> None:
         values = {key: value for key, value in to_json_value(row).items()  # type: ignore[union-attr]
@@ -479,12 +508,15 @@ def build_sinks(
 ) -> Sinks:
     """The sinks a run's config asks for: ``metrics.jsonl`` always, ``generations.jsonl``
     when ``[logging] generations_per_step`` > 0 (both in ``[logging] log_dir``), the
-    console progress line, and wandb when ``[logging] wandb_project`` is set."""
+    console progress line, and wandb when ``[logging] wandb_project`` is set.
+
+    A resumed run passes the checkpoint's step as ``completed`` and the stored
+    ``wandb_run_id``; the wandb run is then rewound to that step (see ``WandbSink``)."""
     log_dir = Path(config.logging.log_dir)
     sinks: list[Sink] = [MetricsLog(log_dir / METRICS_FILE)]
     if config.logging.generations_per_step > 0:
         sinks.append(GenerationsLog(log_dir / GENERATIONS_FILE, config.logging.generations_per_step))
     sinks.append(ConsoleProgress(total_steps, stream, completed=completed))
     if config.logging.wandb_project:
-        sinks.append(WandbSink(config, run_id=wandb_run_id))
+        sinks.append(WandbSink(config, run_id=wandb_run_id, resume_step=completed if wandb_run_id else None))
     return Sinks(sinks)

@@ -48,7 +48,7 @@ def rl_step(run: Run, step: int) -> StepRecord:
     batch = informative_train_batch(samples, credit, run.config.training.temperature)
     train = run.backend.train_step(batch) if len(batch.prompt_index_N) else TrainResult(loss=0.0, skipped=True)
     clock.lap("train_time_s")
-    version = run.backend.sync_engine_weights()
+    version = run.weights.sync()  # type: ignore[attr-defined]
     clock.lap("sync_time_s")
     return StepRecord(step, collected, credit, train, version, clock.laps)
 

@@ -2,7 +2,9 @@
 
 A backend applies one policy-gradient update per step (``train_step``), saves adapters
 and its full resumable state, and, when it holds the policy in this process, hands out
-an in-process inference engine. Capabilities are declared once as class data, so the
+an in-process inference engine. It also turns a prompt's chat messages into the token
+ids its policy samples from (``encode_prompt``): only the backend knows the policy's
+tokenizer and chat format. Capabilities are declared once as class data, so the
 run checks a config against them when it is built instead of probing attributes at call
 sites.
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 from retrain.engines.base import Engine
-from retrain.types import TrainBatch, TrainResult
+from retrain.types import Message, TrainBatch, TrainResult
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class BackendCapabilities:
 @runtime_checkable
 class Backend(Protocol):
     capabilities: ClassVar[BackendCapabilities]
+
+    def encode_prompt(self, messages: tuple[Message, ...]) -> list[int]:
+        """The chat-formatted prompt token ids the engine samples from: ``messages``
+        (``{"role", "content"}`` dicts) in the policy's chat format, ending where the
+        assistant's answer begins."""
+        ...
 
     def train_step(self, batch: TrainBatch) -> TrainResult:
         """One optimizer step on ``batch``."""

@@ -1,12 +1,14 @@
 """The local backend: policy-gradient updates on PyTorch + PEFT in this process.
 
 The model is any ``AutoModelForCausalLM`` (a hub id, a local folder, or ``retrain/tiny``,
-the built-in offline model). It is trained with LoRA on the attention and MLP
-projections (``[model] lora_rank``, ``[lora] alpha`` (0 = 2 x rank), ``[lora] dropout``)
-or, with ``lora_rank = 0``, by full fine-tuning of every weight. Weights are bf16 on a
-GPU and fp32 on the CPU (LoRA weights stay fp32 in both). The optimizer is AdamW
-(``[training] lr``, ``weight_decay``; ``[optimizer] beta1``, ``beta2``, ``eps``) with
-global gradient-norm clipping (``[optimizer] grad_clip_norm``, 0 = off).
+the built-in offline model) whose tokenizer has a chat template: prompts are chat
+messages, formatted by that template (``encode_prompt``). It is trained with LoRA on the
+attention and MLP projections (``[model] lora_rank``, ``[lora] alpha`` (0 = 2 x rank),
+``[lora] dropout``) or, with ``lora_rank = 0``, by full fine-tuning of every weight.
+Weights are bf16 on a GPU and fp32 on the CPU (LoRA weights stay fp32 in both). The
+optimizer is AdamW (``[training] lr``, ``weight_decay``; ``[optimizer] beta1``,
+``beta2``, ``eps``) with global gradient-norm clipping (``[optimizer] grad_clip_norm``,
+0 = off). A model or state file that cannot be loaded is a ``BackendError`` naming it.
 
 One update minimizes the token-level policy-gradient loss of ``retrain.backends.loss``
 over the batch, in micro-batches of ``[backend.options] micro_batch_size`` completions
@@ -27,6 +29,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import pickle
 import resource
 import tempfile
 import threading
@@ -50,7 +53,7 @@ from retrain.engines.settings import (
 )
 from retrain.errors import BackendError, ConfigError, ConfigIssue
 from retrain.models.tiny import resolve_model_path
-from retrain.types import TrainBatch, TrainResult
+from retrain.types import Message, TrainBatch, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,17 @@ STATE_FORMAT = 1
 # PEFT's name for "every linear layer except the output head": the attention and MLP projections.
 LORA_TARGETS = "all-linear"
 SMALL_MODEL_PARAMETERS = 10_000_000
+# The files one of transformers' tokenizers is read from; a model folder with none of them
+# has no tokenizer (transformers would build an empty one from config.json alone).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "tekken.json",
+)
 
 
 class LocalBackend:
@@ -118,22 +132,10 @@ class LocalBackend:
             torch.set_num_threads(threads)
 
     def _load_model(self):  # -> (tokenizer, model)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         name = self.config.model.model
         path = resolve_model_path(name)
-        kwargs: dict[str, object] = {"dtype": self.train_dtype}
-        attn = attention_implementation(self.config.inference.attention_kernel)
-        if attn is not None:
-            kwargs["attn_implementation"] = attn
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except OSError as exc:
-            raise BackendError(
-                f"[model] model = \"{name}\" could not be loaded: {exc} — give a local model folder, "
-                "a Hugging Face id reachable from this machine (or already in its cache), or \"retrain/tiny\""
-            ) from exc
+        tokenizer = load_tokenizer(name, path)
+        model = load_causal_lm(name, path, self._model_kwargs())
         model.to(self.train_device)
         if self.full_finetune:
             model.requires_grad_(True)
@@ -148,6 +150,13 @@ class LocalBackend:
         model.config.use_cache = False
         model.train()
         return tokenizer, model
+
+    def _model_kwargs(self) -> dict[str, object]:
+        kwargs: dict[str, object] = {"dtype": self.train_dtype}
+        attn = attention_implementation(self.config.inference.attention_kernel)
+        if attn is not None:
+            kwargs["attn_implementation"] = attn
+        return kwargs
 
     def _add_lora(self, model: torch.nn.Module) -> torch.nn.Module:
         from peft import LoraConfig, get_peft_model
@@ -195,6 +204,10 @@ class LocalBackend:
         )
 
     # ------------------------------------------------------------------------ protocol
+
+    def encode_prompt(self, messages: tuple[Message, ...]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def engine(self) -> PyTorchEngine:
         return self._engine
@@ -349,7 +362,7 @@ class LocalBackend:
         file = Path(directory) / STATE_FILE
         if not file.is_file():
             raise BackendError(f"no local backend state in {directory} (expected {STATE_FILE}); resume from a run's log_dir")
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = read_state(file)
         if state.get("format") != STATE_FORMAT:
             raise BackendError(f"{file} has state format {state.get('format')}; this retrain reads format {STATE_FORMAT}")
         if state["model"] != self.config.model.model or state["lora_rank"] != self.config.model.lora_rank:
@@ -383,6 +396,72 @@ class LocalBackend:
     @property
     def is_lora(self) -> bool:
         return is_peft_model(self.model)
+
+
+MODEL_FIX = (
+    "give a local model folder (config.json, weights and tokenizer files, as save_pretrained writes them), "
+    "a Hugging Face id reachable from this machine (or already in its cache), or \"retrain/tiny\""
+)
+
+
+def load_tokenizer(name: str, path: str):  # -> transformers.PreTrainedTokenizerBase
+    """The tokenizer of ``[model] model`` (``name``, loaded from ``path``), with a chat
+    template; any reason it cannot serve is a ``BackendError``, raised before the
+    weights load."""
+    from transformers import AutoTokenizer
+
+    where = f"[model] model = \"{name}\""
+    folder = Path(path)
+    if (folder.is_absolute() or path.startswith(("./", "../"))) and not folder.exists():
+        raise BackendError(f"{where}: there is no folder {folder}; {MODEL_FIX}")
+    if folder.is_dir() and not any((folder / file).is_file() for file in TOKENIZER_FILES):
+        raise BackendError(
+            f"{where}: the folder {folder} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer next to the model (tokenizer.save_pretrained(folder)), or " + MODEL_FIX
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        # OSError: missing files, unreachable hub id, invalid config.json; ValueError:
+        # unreadable or unsupported tokenizer files (json.JSONDecodeError among them).
+        raise BackendError(f"{where}: its tokenizer could not be loaded from {path}: {exc} — {MODEL_FIX}") from exc
+    if not tokenizer.chat_template:
+        raise BackendError(
+            f"{where}: its tokenizer has no chat template, so prompts (chat messages) cannot be formatted for it — "
+            "typical of a base model; use an instruct/chat model, or a model folder whose tokenizer_config.json "
+            "has a \"chat_template\" (or that holds a chat_template.jinja)"
+        )
+    return tokenizer
+
+
+def load_causal_lm(name: str, path: str, kwargs: dict[str, object]) -> torch.nn.Module:
+    """The weights of ``[model] model`` (``name``, loaded from ``path``); a folder or id
+    that holds no loadable causal LM is a ``BackendError``."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError, RuntimeError) as exc:
+        # OSError: no weights file, invalid config.json, unreachable hub id; ValueError: no
+        # or unknown model_type; SafetensorError / UnpicklingError: a corrupt weights file;
+        # RuntimeError: a truncated pytorch_model.bin, or weights whose shapes do not match
+        # config.json (the message carries transformers' report either way).
+        raise BackendError(f"[model] model = \"{name}\": the model could not be loaded from {path}: {exc} — {MODEL_FIX}") from exc
+
+
+def read_state(file: Path) -> dict:
+    """The dict ``save_state`` wrote to ``file``; an unreadable file is a ``BackendError``."""
+    fix = "resume from another checkpoint, or start the run afresh without resuming"
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        # Garbage bytes fail to unpickle, a truncated file fails in torch's zip reader, an
+        # empty one ends at once.
+        raise BackendError(f"{file} is corrupt or truncated and cannot be read ({type(exc).__name__}: {exc}); {fix}") from exc
+    if not isinstance(state, dict):
+        raise BackendError(f"{file} holds a {type(state).__name__}, not local backend state; {fix}")
+    return state
 
 
 def check_devices(config: Config) -> list[str]:

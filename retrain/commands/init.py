@@ -3,12 +3,14 @@
 Templates: ``cpu`` (the offline tiny-model default that learns on a laptop), ``quickstart``
 (a short 4B-model GPU run), ``full`` (every setting at its default with its help, generated
 from the schema) and ``campaign`` (conditions x seeds). An existing file is never
-overwritten.
+overwritten; missing folders on the way are created, and a write that fails leaves no
+trace (no partial file, no empty folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from importlib import resources
 from pathlib import Path
@@ -40,12 +42,84 @@ def template_text(name: str) -> str:
     return resources.files("retrain.templates").joinpath(f"{name}.toml").read_text(encoding="utf-8")
 
 
-def write_new_file(path: Path, text: str) -> None:
-    """Create ``path`` with ``text``; refuse (touching nothing) if it exists."""
-    try:
-        create_new(path, text)
-    except FileExistsError as exc:
-        raise RetrainError(f"{path} already exists; it was left untouched — choose another path or move it away") from exc
+def missing_folders(folder: Path) -> list[Path]:
+    """The folders that writing into ``folder`` would create, outermost first.
+
+    Raises ``RetrainError`` when a path on the way exists but is not a folder, since
+    creating the folders would fail there with an unhelpful ``FileExistsError``.
+    """
+    missing: list[Path] = []
+    current = folder
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    if not current.is_dir():
+        raise RetrainError(f"cannot write into {folder}: {current} is a file, not a folder — choose another path")
+    return missing[::-1]
+
+
+def write_problem(path: Path, exc: OSError) -> str:
+    """What went wrong writing ``path``, where, and what to do about it."""
+    # A failure inside the target's folder names a temporary file; report the folder.
+    failed = Path(exc.filename) if exc.filename else path.parent
+    where = failed if failed in (path, *path.parents) else path.parent
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot write {path}: permission denied at {where} — choose a folder you can write to"
+    if exc.errno == errno.EROFS:
+        return f"cannot write {path}: {where} is on a read-only file system — choose another folder"
+    if exc.errno == errno.ENOSPC:
+        return f"cannot write {path}: no space left on the device — free some space or choose another folder"
+    return f"cannot write {path}: {exc.strerror or exc} ({where}) — check the path, or choose another one"
+
+
+def write_new_files(files: dict[Path, str]) -> list[Path]:
+    """Create every file of ``files`` (and any missing folder): all of them or none.
+
+    A file that already exists is never touched; the caller reports that before calling,
+    and one that appears meanwhile is refused here. If any write fails, the files and
+    folders made so far are removed again and ``RetrainError`` says why. Returns the
+    folders that were created.
+    """
+    for path in files:
+        if path.is_dir():
+            raise RetrainError(f"{path} is a folder, not a file — choose another name or move the folder away")
+    created: list[Path] = []
+    written: list[Path] = []
+    for path, text in files.items():
+        try:
+            new_folders = missing_folders(path.parent)
+            for folder in new_folders:
+                folder.mkdir()
+                created.append(folder)
+            create_new(path, text)
+            written.append(path)
+        except (OSError, RetrainError) as exc:
+            for done in reversed(written):
+                done.unlink()
+            for folder in reversed(created):
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+            if isinstance(exc, RetrainError):
+                raise
+            if isinstance(exc, FileExistsError):
+                raise RetrainError(f"{path} already exists; it was left untouched — choose another path or move it "
+                                   "away") from exc
+            raise RetrainError(write_problem(path, exc)) from exc
+    return created
+
+
+def write_new_file(path: Path, text: str) -> list[Path]:
+    """Create ``path`` with ``text``; refuse (touching nothing) if it exists.
+
+    Returns the folders created on the way.
+    """
+    if path.is_dir():
+        raise RetrainError(f"{path} is a folder — give the path of the file to write, e.g. {path / 'retrain.toml'}")
+    if path.exists() or path.is_symlink():
+        raise RetrainError(f"{path} already exists; it was left untouched — choose another path or move it away")
+    return write_new_files({path: text})
 
 
 def main(argv: list[str]) -> int:
@@ -65,6 +139,7 @@ def main(argv: list[str]) -> int:
         raise UsageError(f"init: unknown template '{args.template}' — "
                          + did_you_mean(args.template, TEMPLATES, f"choose one of {', '.join(TEMPLATES)}"))
     path = Path(args.path)
-    write_new_file(path, template_text(args.template))
-    print(f"wrote {path} (template '{args.template}'); check it with: retrain explain {path}", file=sys.stderr)
+    created = write_new_file(path, template_text(args.template))
+    made = f", created the folder {created[-1]}" if created else ""
+    print(f"wrote {path} (template '{args.template}'{made}); check it with: retrain explain {path}", file=sys.stderr)
     return 0

@@ -3,7 +3,8 @@
 Writes ``D/N.py`` (default ``D = plugins``, the default search path) implementing the
 exact contract the runtime calls for kind K, and with ``--with-test`` a ``D/test_N.py``
 that loads the plugin through the registry and exercises that contract (it passes as
-written: ``cd D && pytest``). Existing files are never overwritten. Prints the config
+written: ``cd D && pytest``). ``D`` is created if missing; existing files are never
+overwritten, and a failed write leaves nothing behind. Prints the config
 lines that select the new plugin.
 """
 
@@ -17,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from retrain import registry_names
+from retrain.commands.init import write_new_files
 from retrain.errors import UsageError
 
 DESCRIPTION = "write a plugin scaffold (and its test)"
@@ -76,7 +78,11 @@ def render(kind: str, name: str) -> tuple[str, str, str]:
 
 
 def write_scaffold(kind: str, name: str, output_dir: Path, with_test: bool) -> list[Path]:
-    """Write the scaffold files; raise ``UsageError`` rather than overwrite anything."""
+    """Write the scaffold files (creating ``output_dir`` if needed), all or none.
+
+    Raises ``UsageError`` rather than overwrite anything, and ``RetrainError`` when the
+    folder cannot be written.
+    """
     if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("test_"):
         raise UsageError(f"init-plugin: --name '{name}' must be a Python identifier (not a keyword, not test_*), "
                          "e.g. my_advantage")
@@ -86,22 +92,21 @@ def write_scaffold(kind: str, name: str, output_dir: Path, with_test: bool) -> l
     targets = {output_dir / f"{name}.py": module_text}
     if with_test:
         targets[output_dir / f"test_{name}.py"] = test_text
-    existing = [str(path) for path in targets if path.exists()]
+    existing = [str(path) for path in targets if path.exists() or path.is_symlink()]
     if existing:
         raise UsageError(f"init-plugin: refusing to overwrite {', '.join(existing)} — choose another --name or "
                          "--output-dir, or remove the file")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for path, text in targets.items():
-        path.write_text(text, encoding="utf-8")
+    write_new_files(targets)
     return list(targets)
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     output_dir = Path(args.output_dir)
+    made = "" if output_dir.is_dir() else f" (created the folder {output_dir})"
     written = write_scaffold(args.kind, args.name, output_dir, args.with_test)
     _, _, config_lines = render(args.kind, args.name)
-    print(f"wrote {', '.join(str(path) for path in written)}")
+    print(f"wrote {', '.join(str(path) for path in written)}{made}")
     print("\nselect it in your config with:\n")
     print(config_lines)
     print(f'\n[plugins]\nsearch_paths = ["{args.output_dir}"]')

@@ -13,6 +13,7 @@ from pathlib import Path
 from retrain.config.flags import TABLE_FLAGS, parse_run_args, short_flag
 from retrain.config.loader import DEFAULT_CONFIG, Override, resolve_config
 from retrain.config.schema import SECTION_FIELDS
+from retrain.errors import RetrainError
 
 DESCRIPTION = "train with a config (the default: `retrain config.toml`)"
 
@@ -45,9 +46,13 @@ def flags_help() -> str:
 def default_config(overrides: list[Override]) -> str:
     """``--resume DIR`` without a config file reuses the run's own snapshot."""
     resume = [override.raw for override in overrides if override.path == ("resume", "from")]
-    if resume and (Path(resume[-1]) / "config.toml").is_file():
-        return str(Path(resume[-1]) / "config.toml")
-    return DEFAULT_CONFIG
+    if not resume:
+        return DEFAULT_CONFIG
+    snapshot = Path(resume[-1]) / "config.toml"
+    if not snapshot.is_file():
+        raise RetrainError(f"cannot resume: {snapshot} does not exist — give --resume the log_dir of an earlier run "
+                           "(it holds config.toml and trainer_state.json)")
+    return str(snapshot)
 
 
 def main(argv: list[str]) -> int:

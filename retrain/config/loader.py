@@ -356,6 +356,7 @@ class _Builder:
         result = {}
         for key, item in value.items():
             item_where = self.entry_where.get(("backend", "options", key)) or self.where("backend", "options", key) or where
+            self.sources[("backend.options", key)] = item_where
             spec = specs.get(key)
             owner = _other_backend_with_option(backend_value, key)
             if spec is None and owner is not None:

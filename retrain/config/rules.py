@@ -159,6 +159,9 @@ def _data(config: Config, sources: Sources) -> list[ConfigIssue]:
     if data.source == "jsonl" and not data.path:
         return [_issue(sources, "data", "path", "source = \"jsonl\" needs the file to read",
                        "set path, e.g. \"data/train.jsonl\"")]
+    if data.source == "jsonl" and data.split != "train":
+        return [_issue(sources, "data", "split", f"a JSONL file has no splits (split = \"{data.split}\")",
+                       "point path at the file holding that split and leave split = \"train\"")]
     if data.source == "arithmetic" and data.split != "train":
         return [_issue(sources, "data", "split", f"source = \"arithmetic\" generates one problem set and has no \"{data.split}\" split",
                        "remove split, or use source = \"math\" or \"jsonl\" for held-out splits")]
@@ -166,6 +169,27 @@ def _data(config: Config, sources: Sources) -> list[ConfigIssue]:
         return [_issue(sources, "data", "path", f"source = \"{data.source}\" does not read a file",
                        "remove path, or set source = \"jsonl\"")]
     return []
+
+
+def _group_size(config: Config, sources: Sources) -> list[ConfigIssue]:
+    algorithm = config.algorithm
+    advantage = registry_names.ALGORITHM_RECIPES.get(algorithm.algorithm_mode, (algorithm.advantage_mode, ""))[0]
+    if config.training.group_size < 2 and advantage in registry_names.ADVANTAGES:
+        return [_issue(sources, "training", "group_size",
+                       f"{advantage} compares the completions of a prompt with each other, so one per prompt gives "
+                       "every completion a zero advantage and nothing is ever trained",
+                       "sample at least 2 per prompt (8 to 16 is typical)")]
+    return []
+
+
+def _paths(config: Config, sources: Sources) -> list[ConfigIssue]:
+    issues = []
+    for section, key in (("logging", "log_dir"), ("backend", "adapter_path")):
+        if not getattr(getattr(config, section), key).strip():
+            issues.append(_issue(sources, section, key, "is empty, which would write the run's files into the "
+                                 "working directory", "name a folder, e.g. \"logs/my-run\" (adapter_path: "
+                                 "\"{log_dir}/adapter\")"))
+    return issues
 
 
 def _clipping(config: Config, sources: Sources) -> list[ConfigIssue]:
@@ -226,6 +250,8 @@ RULES: tuple[Callable[[Config, Sources], list[ConfigIssue]], ...] = (
     _inference,
     _model,
     _data,
+    _group_size,
+    _paths,
     _clipping,
     _algorithm,
     _squeeze,
@@ -288,9 +314,46 @@ def _changed(section: object, keys: tuple[str, ...]) -> list[str]:
 
 
 def no_effect(config: Config, sources: Sources) -> list[ConfigIssue]:
-    """Warnings for valid, changed settings that the chosen pipeline never reads.
+    """Warnings for valid, changed settings that the chosen setup never reads."""
+    return _unused_by_run(config, sources) + _unused_by_transform(config, sources)
 
-    Only built-in transforms are judged: a transform or algorithm plugin may read any
+
+def _unused_by_run(config: Config, sources: Sources) -> list[ConfigIssue]:
+    warnings = []
+
+    def unused(section: str, keys: tuple[str, ...], problem: str, fix: str) -> None:
+        for key in _changed(getattr(config, section), keys):
+            warnings.append(_issue(sources, section, key, f"has no effect: {problem}", fix))
+
+    if config.model.lora_rank == 0:
+        unused("lora", ("alpha", "dropout"), "lora_rank = 0 trains the whole model, without LoRA",
+               "remove it, or set [model] lora_rank > 0")
+    if not config.training.dynamic_sampling:
+        unused("training", ("dynamic_sampling_max_rounds",), "dynamic_sampling is off",
+               "remove it, or set dynamic_sampling = true")
+    if config.reward.type != "custom":
+        unused("reward", ("custom_function",), f"only type = \"custom\" calls it (type is \"{config.reward.type}\")",
+               "remove it, or set type = \"custom\" with custom_module")
+    if not config.logging.wandb_project:
+        unused("logging", ("wandb_run_name", "wandb_entity", "wandb_group", "wandb_tags"),
+               "wandb logging is off until wandb_project is set", "set wandb_project, or remove it")
+    if not config.backpressure.enabled:
+        unused("backpressure", tuple(f.name for f in dataclasses.fields(config.backpressure) if f.name != "enabled"),
+               "backpressure is off", "remove it")
+    if config.backend.backend == "local" and config.backend.options.get("cpu_threads"):
+        try:
+            on_cpu = "cpu" in parse_devices(config.backend.devices)
+        except ValueError:
+            on_cpu = True  # reported by _devices
+        if not on_cpu:
+            warnings.append(_issue(sources, "backend.options", "cpu_threads",
+                                   f"has no effect: no device in \"{config.backend.devices}\" is a CPU",
+                                   "remove it, or train on devices = \"cpu\""))
+    return warnings
+
+
+def _unused_by_transform(config: Config, sources: Sources) -> list[ConfigIssue]:
+    """Only built-in transforms are judged: a transform or algorithm plugin may read any
     section it likes."""
     algorithm = config.algorithm
     transform = registry_names.ALGORITHM_RECIPES.get(algorithm.algorithm_mode, ("", algorithm.transform_mode))[1]
@@ -307,6 +370,10 @@ def no_effect(config: Config, sources: Sources) -> list[ConfigIssue]:
             warnings.append(_issue(sources, name, key, f"has no effect: transform \"{transform}\" has no {name.upper()} stage",
                                    f"remove it, or choose a transform with {name.upper()} (e.g. gtpo_{name})"
                                    if name != "gtpo" else "remove it, or choose a gtpo transform"))
+    if "sepa" in stages and config.sepa.schedule == "linear":
+        for key in _changed(config.sepa, ("ema_decay", "warmup_steps", "variance_threshold")):
+            warnings.append(_issue(sources, "sepa", key, "has no effect: only schedule = \"auto\" reads it",
+                                   "remove it, or set schedule = \"auto\""))
     reads_planning = bool(stages & {"hicra", "sepa"})
     planning = config.planning
     if not reads_planning:

@@ -99,9 +99,6 @@ class JsonlSource:
         if not data.path:
             raise ConfigError(ConfigIssue("", "data", "path", "source = \"jsonl\" needs the file to read",
                                           "set path, e.g. \"data/train.jsonl\""))
-        if data.split != "train":
-            raise ConfigError(ConfigIssue("", "data", "split", f"a JSONL file has no splits (split = \"{data.split}\")",
-                                          "point path at the file holding that split and leave split = \"train\""))
         if not self.path.is_file():
             raise ConfigError(ConfigIssue("", "data", "path", f"{self.path} is not a file",
                                           "fix the path (relative paths start at the current directory)"))

@@ -8,14 +8,27 @@ sympy objects and compared symbolically (``\\frac{1}{2}`` = ``0.5``, ``1+x^2`` =
 taking priority. A reference math-verify cannot parse falls back to the ``match``
 comparison for that example (logged once), so an odd reference never silently scores 0.
 
-math-verify bounds each parse and comparison with a SIGALRM timer, which Python only
-allows on the main thread; scoring from another thread runs without that timer.
+Time limits. A completion such as ``\\boxed{9^{9^{9}}}`` sends sympy into a computation
+that does not end in any useful time. math-verify bounds each parse and comparison
+with a SIGALRM timer (``TIMEOUT_S``; a parse or comparison that runs out counts as no
+match), and Python allows that timer only on the main thread. In split mode rewards
+are scored on a sampling thread, so there each completion is scored in a helper
+process instead, which applies the same timers on its own main thread, and the thread
+waits at most ``DEADLINE_FACTOR * TIMEOUT_S`` for its answer. That also covers work a
+signal cannot interrupt (a long computation inside C code). A completion that misses
+the deadline, or whose scoring kills the helper (say, for memory), scores 0.0 with a
+warning naming it, and the helper is replaced. Scoring on the main thread stays
+in-process, so it pays nothing for the helper.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import multiprocessing
 import threading
+import weakref
+from multiprocessing.connection import Connection
 from types import ModuleType
 
 import numpy as np
@@ -23,56 +36,167 @@ import numpy as np
 from retrain.config.schema import Config
 from retrain.optional import require_module
 from retrain.rewards.answers import final_answer, normalize_answer
-from retrain.rewards.base import examples_per_completion
+from retrain.rewards.base import RewardError, examples_per_completion
 from retrain.types import Example
 
 logger = logging.getLogger(__name__)
 
-# Seconds math-verify may spend parsing or comparing one answer (main thread only).
+# Seconds math-verify may spend parsing or comparing one answer.
 TIMEOUT_S = 5
+# Off the main thread, the whole scoring of one completion (a parse and a few
+# comparisons, each bounded by TIMEOUT_S in the helper) gets this many TIMEOUT_S.
+DEADLINE_FACTOR = 3
+# Seconds a new helper process may take to start and import math-verify and sympy.
+STARTUP_S = 120
+
+
+def equivalent(math_verify: ModuleType, text: str, reference: str, timeout_s: int | None,
+               gold_cache: dict[str, list[object]]) -> tuple[bool, bool]:
+    """(whether ``text``'s answer equals ``reference``, whether math-verify parsed ``reference``).
+
+    An unparsable reference is compared as a normalized string instead.
+    """
+    if reference not in gold_cache:
+        # Completions of one prompt share a reference: parse it once.
+        gold_cache[reference] = math_verify.parse(
+            "\\boxed{" + reference + "}",
+            extraction_config=[math_verify.LatexExtractionConfig(), math_verify.ExprExtractionConfig()],
+            parsing_timeout=timeout_s,
+        )
+    gold = gold_cache[reference]
+    if not gold:
+        return normalize_answer(final_answer(text)) == normalize_answer(reference), False
+    answer = math_verify.parse(text, parsing_timeout=timeout_s)
+    if not answer:
+        return False, True
+    return bool(math_verify.verify(gold, answer, timeout_seconds=timeout_s)), True
+
+
+def serve(connection: Connection, verifier: str, timeout_s: int) -> None:
+    """The helper process: answer each ``(text, reference)`` received with ``equivalent``'s
+    result until the connection closes. It runs math-verify on its main thread, so the
+    SIGALRM timers work."""
+    math_verify = importlib.import_module(verifier)
+    gold_cache: dict[str, list[object]] = {}
+    connection.send("ready")
+    while True:
+        try:
+            text, reference = connection.recv()
+        except EOFError:
+            return
+        connection.send(equivalent(math_verify, text, reference, timeout_s, gold_cache))
+
+
+class VerifierProcess:
+    """A helper process that scores completions for a thread other than the main one."""
+
+    def __init__(self, verifier: str, timeout_s: int) -> None:
+        # spawn, not fork: the parent runs threads (and maybe torch), which fork would copy
+        # mid-operation.
+        context = multiprocessing.get_context("spawn")
+        self.connection, child_end = context.Pipe()
+        self.process = context.Process(target=serve, args=(child_end, verifier, timeout_s), daemon=True,
+                                       name="retrain-math-verify")
+        self.process.start()
+        child_end.close()
+        self.started = False
+
+    def check(self, text: str, reference: str, deadline_s: float) -> tuple[bool, bool] | str:
+        """``equivalent``'s result, or what went wrong when the helper gave no answer (it ran
+        past ``deadline_s``, or it died, say killed for memory, while scoring)."""
+        if not self.started:
+            if not self.connection.poll(STARTUP_S):
+                raise RewardError(f"math reward: the math-verify helper process did not start in {STARTUP_S} s — "
+                                  "check that math-verify imports quickly in a fresh Python")
+            try:
+                self.connection.recv()
+            except EOFError as exc:
+                self.process.join(1)
+                raise RewardError(f"math reward: the math-verify helper process ended while starting (exit code "
+                                  f"{self.process.exitcode}) — check that math-verify imports in a fresh Python: "
+                                  "python -c 'import math_verify'") from exc
+            self.started = True
+        try:
+            self.connection.send((text, reference))
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            self.process.join(1)
+            raise RewardError(f"math reward: the math-verify helper process ended between completions (exit code "
+                              f"{self.process.exitcode}); something outside retrain stopped it — check for an "
+                              "out-of-memory kill in the system log") from exc
+        if not self.connection.poll(deadline_s):
+            return f"took more than {deadline_s:g} s and was stopped"
+        try:
+            return self.connection.recv()  # type: ignore[no-any-return]
+        except EOFError:
+            self.process.join(1)
+            return f"ended the helper process (exit code {self.process.exitcode})"
+
+    def stop(self) -> None:
+        self.connection.close()
+        self.process.kill()
+        self.process.join()
+
+
+def preview(text: str, limit: int = 200) -> str:
+    """``text`` as a quoted literal, cut to ``limit`` characters for a log line."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 class MathReward:
-    """Symbolic equivalence of the completion's answer and the reference (math-verify)."""
+    """Symbolic equivalence of the completion's answer and the reference (math-verify).
 
-    def __init__(self, config: Config) -> None:
+    ``timeout_s`` is math-verify's limit per parse or comparison (``TIMEOUT_S``);
+    ``verifier`` names the module providing math-verify's ``parse``/``verify`` API.
+    """
+
+    def __init__(self, config: Config, *, timeout_s: int = TIMEOUT_S, verifier: str = "math_verify") -> None:
         self.config = config
-        self._math_verify: ModuleType = require_module(
-            "math_verify", "math", "reward", "type", "type = \"math\""
-        )
+        self.timeout_s = timeout_s
+        self.verifier = verifier
+        self._math_verify: ModuleType = require_module(verifier, "math", "reward", "type", "type = \"math\"")
         self._gold_cache: dict[str, list[object]] = {}
         self._unparsable_references: set[str] = set()
-
-    def _timeout(self) -> int | None:
-        return TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
-
-    def _gold(self, reference: str) -> list[object]:
-        # Completions of one prompt share a reference: parse it once per run.
-        if reference not in self._gold_cache:
-            mv = self._math_verify
-            self._gold_cache[reference] = mv.parse(
-                "\\boxed{" + reference + "}",
-                extraction_config=[mv.LatexExtractionConfig(), mv.ExprExtractionConfig()],
-                parsing_timeout=self._timeout(),
-            )
-        return self._gold_cache[reference]
+        self._helper: VerifierProcess | None = None
+        self._stop_helper: weakref.finalize | None = None
+        self._helper_lock = threading.Lock()
 
     def _equivalent(self, text: str, reference: str) -> bool:
-        gold = self._gold(reference)
-        if not gold:
-            if reference not in self._unparsable_references:
-                self._unparsable_references.add(reference)
-                logger.warning("math-verify cannot parse the reference %r; comparing it as a string", reference)
-            return normalize_answer(final_answer(text)) == normalize_answer(reference)
-        answer = self._math_verify.parse(text, parsing_timeout=self._timeout())
-        if not answer:
-            return False
-        return bool(self._math_verify.verify(gold, answer, timeout_seconds=self._timeout()))
+        if threading.current_thread() is threading.main_thread():
+            matched, reference_parsed = equivalent(self._math_verify, text, reference, self.timeout_s,
+                                                   self._gold_cache)
+        else:
+            result = self._check_in_helper(text, reference)
+            if result is None:
+                return False
+            matched, reference_parsed = result
+        if not reference_parsed and reference not in self._unparsable_references:
+            self._unparsable_references.add(reference)
+            logger.warning("math-verify cannot parse the reference %r; comparing it as a string", reference)
+        return matched
+
+    def _check_in_helper(self, text: str, reference: str) -> tuple[bool, bool] | None:
+        """``equivalent``'s result from the helper process; None when it gave none."""
+        deadline_s = DEADLINE_FACTOR * self.timeout_s
+        with self._helper_lock:
+            if self._helper is None:
+                self._helper = VerifierProcess(self.verifier, self.timeout_s)
+                # Stops the helper when this reward is collected, or at exit.
+                self._stop_helper = weakref.finalize(self, VerifierProcess.stop, self._helper)
+            result = self._helper.check(text, reference, deadline_s)
+            if isinstance(result, str):
+                assert self._stop_helper is not None
+                self._stop_helper()
+                self._helper = None
+                logger.warning("math reward: scoring a completion %s; it scores 0.0: %s", result, preview(text))
+                return None
+            return result
 
     def score(self, texts: list[str], examples: list[Example]) -> np.ndarray:
         aligned = examples_per_completion(texts, examples)
         rewards_N = np.zeros(len(texts), dtype=np.float64)
-        for index, (text, example) in enumerate(zip(texts, aligned)):
+        for index, (text, example) in enumerate(zip(texts, aligned, strict=True)):
             if self._equivalent(text, example.reference):
                 rewards_N[index] = 1.0
         return rewards_N

@@ -4,6 +4,7 @@ promise that none of them imports torch, transformers or peft."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from retrain import __version__
-from retrain.cli import main
+from retrain.cli import main, stdout_is_closed
+from retrain.commands.init import write_new_files
 from retrain.config.loader import load_config
 from retrain.config.reference import render_reference
+from retrain.errors import RetrainError
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "peft", "datasets", "wandb", "sentence_transformers")
@@ -123,3 +126,104 @@ def test_features_not_in_this_version_are_refused_not_ignored(tmp_path: Path, te
     assert f"{config}{where}: " in result.stderr and named in result.stderr
     assert "not part of this version" in result.stderr
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("argv", [["explain", "retrain.toml"], ["explain", "retrain.toml", "--json"], ["--help"]])
+def test_a_reader_that_closes_stdout_early_ends_the_command_quietly(argv: list[str]) -> None:
+    # The read end is closed before the command writes a byte (it is still importing),
+    # so every write meets a closed pipe, as with `retrain explain | head -0`.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "retrain", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                                text=True, cwd=REPO)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""
+
+
+def test_a_reader_that_stops_after_one_line_gets_that_line() -> None:
+    process = subprocess.Popen([sys.executable, "-m", "retrain", "explain", "retrain.toml"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert process.stdout is not None and process.stderr is not None
+    first = process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read()
+    returncode = process.wait(timeout=60)
+    assert first == "retrain.toml: valid\n"
+    # 0 when everything fit in the pipe before it closed, 141 when a write met it closed.
+    assert returncode in (0, 141) and "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_stdout_is_closed_tells_a_closed_pipe_from_an_open_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as stream:
+        monkeypatch.setattr(sys, "stdout", stream)
+        assert not stdout_is_closed()
+        os.close(read_end)
+        assert stdout_is_closed()
+
+
+def test_init_creates_missing_folders_and_says_so(tmp_path: Path) -> None:
+    target = tmp_path / "configs" / "new" / "x.toml"
+    result = run_cli("init", str(target), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"created the folder {target.parent}" in result.stderr
+    load_config(target, environ={})
+
+
+@pytest.mark.parametrize("command", [
+    ["init", "{file}/x.toml"],
+    ["init", "{file}/sub/x.toml"],
+    ["init-plugin", "--kind", "advantage", "--name", "x", "--output-dir", "{file}"],
+    ["init-plugin", "--kind", "advantage", "--name", "x", "--output-dir", "{file}/sub", "--with-test"],
+])
+def test_init_commands_refuse_a_path_through_a_file(tmp_path: Path, command: list[str]) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me\n")
+    result = run_cli(*(part.format(file=blocker) for part in command), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{blocker} is a file, not a folder — choose another path" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"] and blocker.read_text() == "keep me\n"
+
+
+def test_init_refuses_a_folder_as_the_file_to_write(tmp_path: Path) -> None:
+    result = run_cli("init", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{tmp_path} is a folder — give the path of the file to write, e.g. {tmp_path / 'retrain.toml'}" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write into any folder")
+@pytest.mark.parametrize("command", [
+    ["init", "{folder}/deeper/x.toml"],
+    ["init-plugin", "--kind", "reward", "--name", "x", "--output-dir", "{folder}/deeper", "--with-test"],
+])
+def test_init_commands_report_a_folder_they_may_not_write(tmp_path: Path, command: list[str]) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    try:
+        result = run_cli(*(part.format(folder=locked) for part in command), cwd=tmp_path)
+    finally:
+        locked.chmod(0o755)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"permission denied at {locked} — choose a folder you can write to" in result.stderr
+    assert list(locked.iterdir()) == []
+
+
+def test_init_plugin_creates_a_missing_output_folder(tmp_path: Path) -> None:
+    result = run_cli("init-plugin", "--kind", "advantage", "--name", "mine", "--output-dir", "plugins/new", "--with-test",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "(created the folder plugins/new)" in result.stdout
+    assert sorted(path.name for path in (tmp_path / "plugins" / "new").iterdir()) == ["mine.py", "test_mine.py"]
+
+
+def test_a_failed_write_removes_the_files_and_folders_it_made(tmp_path: Path) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("")
+    first = tmp_path / "made" / "deeper" / "a.txt"
+    with pytest.raises(RetrainError, match="is a file, not a folder"):
+        write_new_files({first: "a\n", blocker / "b.txt": "b\n"})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]

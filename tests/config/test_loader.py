@@ -376,6 +376,16 @@ def test_shipped_configs_set_nothing_without_effect(path: Path) -> None:
     ('[planning]\ndetector = "semantic"\n[logging]\nstrategic_grams = "wait,hmm"\n', [("logging", "strategic_grams", 4)]),
     # Everything read: no warning.
     ('[algorithm]\ntransform_mode = "gtpo_sepa_hicra"\n[hicra]\nalpha = 0.5\n[sepa]\nsteps = 9\n', []),
+    ('[sepa]\nschedule = "auto"\nema_decay = 0.5\n[model]\nlora_rank = 8\n[lora]\ndropout = 0.1\n'
+     '[training]\ndynamic_sampling = true\ndynamic_sampling_max_rounds = 2\n', []),
+    # Settings of parts of the run that are switched off.
+    ('[model]\nlora_rank = 0\n[lora]\nalpha = 8\ndropout = 0.1\n', [("lora", "alpha", 4), ("lora", "dropout", 5)]),
+    ('[training]\ndynamic_sampling_max_rounds = 3\n', [("training", "dynamic_sampling_max_rounds", 2)]),
+    ('[sepa]\nwarmup_steps = 3\n', [("sepa", "warmup_steps", 2)]),
+    ('[reward]\ncustom_function = "f"\n', [("reward", "custom_function", 2)]),
+    ('[logging]\nwandb_tags = "a,b"\n', [("logging", "wandb_tags", 2)]),
+    ('[backpressure]\nmax_batch_size = 8\n', [("backpressure", "max_batch_size", 2)]),
+    ('[backend]\ndevices = "gpu:0"\n[backend.options]\ncpu_threads = 2\n', [("backend.options", "cpu_threads", 4)]),
 ])
 def test_settings_without_effect_are_warned_about_where_they_are(tmp_path: Path, text: str,
                                                                  expected: list[tuple[str, str, int]]) -> None:
@@ -392,3 +402,19 @@ def test_a_transform_plugin_may_read_any_section(tmp_path: Path) -> None:
 def test_arithmetic_has_no_other_split(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"c.toml:3 \[data\].split: .*has no \"test\" split"):
         load_config(write(tmp_path, '[data]\nsource = "arithmetic"\nsplit = "test"\n'), environ={})
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ('[training]\ngroup_size = 1\n', r"c.toml:2 \[training\].group_size: maxrl compares the completions"),
+    ('[algorithm]\nalgorithm_mode = "grpo_none"\n[training]\ngroup_size = 1\n', r":4 \[training\].group_size: grpo"),
+    ('[logging]\nlog_dir = " "\n', r":2 \[logging\].log_dir: is empty"),
+    ('[backend]\nadapter_path = ""\n', r":2 \[backend\].adapter_path: is empty"),
+])
+def test_settings_that_would_train_nothing_or_write_into_the_working_directory(tmp_path: Path, text: str,
+                                                                               where: str) -> None:
+    with pytest.raises(ConfigError, match=where):
+        load_config(write(tmp_path, text), environ={})
+
+
+def test_one_completion_per_prompt_is_allowed_for_an_advantage_plugin(tmp_path: Path) -> None:
+    load_config(write(tmp_path, '[algorithm]\nadvantage_mode = "my.adv"\n[training]\ngroup_size = 1\n'), environ={})

@@ -11,9 +11,10 @@ from retrain import registry_names
 from retrain.cli import main as cli_main
 from retrain.commands.init_plugin import class_name
 from retrain.config.loader import load_config
+from retrain.config.schema import PluginsConfig
 from retrain.credit import build_credit_pipeline
 from retrain.planning import build_planning_detector
-from retrain.registry import resolve
+from retrain.registry import PluginSignatureError, resolve
 from retrain.rewards.custom import CustomReward
 from retrain.types import Example
 
@@ -96,7 +97,9 @@ def exercise_from_config(kind: str, config_path: Path) -> None:
         assert len(engine.generate([[1]], 2, 4, 1.0, 1.0).texts) == 2
     elif kind == "backend":
         backend = resolve("backend", config.backend.backend, config.plugins, base).obj(config)
-        assert len(backend.engine().generate([[1]], 3, 4, 1.0, 1.0).texts) == 3
+        prompt = backend.encode_prompt(({"role": "user", "content": "12"},))
+        assert prompt == [1, 2]
+        assert len(backend.engine().generate([prompt], 3, 4, 1.0, 1.0).texts) == 3
 
 
 def test_init_plugin_for_every_kind_generates_passing_tests_and_loads_from_a_config(tmp_path, capsys):
@@ -107,10 +110,11 @@ def test_init_plugin_for_every_kind_generates_passing_tests_and_loads_from_a_con
         out = capsys.readouterr().out
         assert f"test_scaffold_{kind}.py" in out and "search_paths" in out
     # The generated tests pass as written, run by pytest from the output folder.
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=plugin_dir,
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], check=False, cwd=plugin_dir,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert f"{len(registry_names.BUILTINS)} passed" in run.stdout
+    # One test per kind, and the backend's second one for encode_prompt.
+    assert f"{len(registry_names.BUILTINS) + 1} passed" in run.stdout
     for kind in registry_names.BUILTINS:
         name = f"scaffold_{kind}"
         attribute = name if kind in ("advantage", "transform", "uncertainty", "algorithm", "reward") else class_name(name)
@@ -133,6 +137,60 @@ def test_a_scaffold_changed_by_the_user_still_meets_its_own_test(tmp_path, kind)
                      "return weights[:1]")
     assert broken != text
     module.write_text(textwrap.dedent(broken))
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=tmp_path,
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], check=False, cwd=tmp_path,
                          capture_output=True, text=True)
     assert run.returncode == 1, run.stdout
+
+
+BACKEND_RUN_CONFIG = """\
+[backend]
+backend = "scaffold_backend.ScaffoldBackend"
+adapter_path = "{log_dir}/adapter"
+
+[model]
+lora_rank = 8
+
+[inference]
+engine = "pytorch"
+
+[training]
+max_steps = 2
+batch_size = 2
+group_size = 4
+max_tokens = 4
+
+[data]
+source = "arithmetic"
+
+[logging]
+log_dir = "logs"
+
+[plugins]
+search_paths = ["my_plugins"]
+"""
+
+
+def test_a_scaffolded_backend_trains_through_the_cli(tmp_path):
+    # `[inference] engine = "pytorch"` is the backend's own in-process engine; the run
+    # encodes every prompt with the backend's encode_prompt.
+    assert cli_main(["init-plugin", "--kind", "backend", "--name", "scaffold_backend",
+                     "--output-dir", str(tmp_path / "my_plugins")]) == 0
+    (tmp_path / "c.toml").write_text(BACKEND_RUN_CONFIG)
+    run = subprocess.run([sys.executable, "-m", "retrain", "c.toml"], check=False, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2]
+
+
+def test_a_backend_without_encode_prompt_is_refused_when_it_loads(tmp_path, capsys):
+    assert cli_main(["init-plugin", "--kind", "backend", "--name", "no_encoder", "--output-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    module = tmp_path / "no_encoder.py"
+    text = module.read_text()
+    without = text.replace("    def encode_prompt(", "    def encode_prompt_unused(")
+    assert without != text
+    module.write_text(without)
+    plugins = PluginsConfig(search_paths=[str(tmp_path)])
+    with pytest.raises(PluginSignatureError, match=r"no method encode_prompt\(\).*encode_prompt\(messages\) -> list\[int\]"):
+        resolve("backend", "no_encoder.NoEncoder", plugins, tmp_path)
+

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from retrain.config.loader import load_config
 from retrain.config.schema import Config, DataConfig, TrainingConfig
 from retrain.data.jsonl import JsonlSource
 from retrain.errors import ConfigError
@@ -94,5 +95,7 @@ def test_file_problems(tmp_path):
     with pytest.raises(ConfigError, match="not UTF-8"):
         JsonlSource(_config(tmp_path / "latin1.jsonl")).examples()
     good = _write(tmp_path / "good.jsonl", [{"prompt": "p", "answer": "a"}])
-    with pytest.raises(ConfigError, match="has no splits"):
-        JsonlSource(_config(good, split="test")).examples()
+    config = tmp_path / "c.toml"
+    config.write_text(f'[data]\nsource = "jsonl"\npath = "{good}"\nsplit = "test"\n')
+    with pytest.raises(ConfigError, match=r"c.toml:4 \[data\].split: a JSONL file has no splits"):
+        load_config(config, environ={})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrain.backends.local import LocalBackend
 from retrain.config.schema import (
     BackendConfig,
     Config,
@@ -39,10 +40,9 @@ def local_config(
     return dataclasses.replace(config, **sections)
 
 
-def encode_prompts(tokenizer, examples: list[Example]) -> list[list[int]]:
-    """Chat-templated token ids of each example's messages."""
-    texts = [tokenizer.apply_chat_template(list(e.messages), tokenize=False, add_generation_prompt=True) for e in examples]
-    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+def encode_prompts(backend: LocalBackend, examples: list[Example]) -> list[list[int]]:
+    """Chat-templated token ids of each example's messages, as a run encodes them."""
+    return [backend.encode_prompt(example.messages) for example in examples]
 
 
 def arithmetic_examples(count: int, seed: int = 0) -> list[Example]:

@@ -42,7 +42,7 @@ def all_weights(backend: LocalBackend) -> dict[str, torch.Tensor]:
 
 def rl_steps(backend: LocalBackend, steps: int, examples) -> list[float]:
     """Sample, score and train ``steps`` times; returns the losses."""
-    prompts = encode_prompts(backend.tokenizer, examples)
+    prompts = encode_prompts(backend, examples)
     losses = []
     for _ in range(steps):
         samples = backend.engine().generate(prompts, n=4, max_tokens=4, temperature=1.0, top_p=1.0)
@@ -100,7 +100,7 @@ def test_lora_trains_only_the_adapter(tiny_model_dir: Path) -> None:
 def test_first_step_on_policy_has_ratio_one(tiny_model_dir: Path) -> None:
     backend = LocalBackend(local_config(tiny_model_dir))
     examples = arithmetic_examples(4)
-    samples = backend.engine().generate(encode_prompts(backend.tokenizer, examples), n=4, max_tokens=4,
+    samples = backend.engine().generate(encode_prompts(backend, examples), n=4, max_tokens=4,
                                         temperature=1.0, top_p=1.0)
     rewards = np.arange(16) % 2 * 1.0
     result = backend.train_step(grpo_train_batch(samples, rewards, 1.0))
@@ -198,11 +198,6 @@ def test_prompt_index_out_of_range_is_an_error(tiny_model_dir: Path) -> None:
         backend.train_step(batch)
 
 
-def test_unknown_model_is_a_backend_error(tmp_path: Path) -> None:
-    with pytest.raises(BackendError, match="could not be loaded"):
-        LocalBackend(local_config(tmp_path / "missing"))
-
-
 # ---------------------------------------------------------------------------- saving
 
 def test_lora_adapter_is_a_normal_peft_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -246,7 +241,7 @@ def test_engine_loads_a_saved_adapter(tiny_model_dir: Path, tmp_path: Path, lora
     fresh = LocalBackend(local_config(tiny_model_dir, lora_rank=lora_rank))
     fresh.engine().load_adapter(tmp_path / "ckpt", version=7)
     assert fresh.engine().policy_version == 7
-    for (name, a), (_, b) in zip(trained.trainable, fresh.trainable):
+    for (name, a), (_, b) in zip(trained.trainable, fresh.trainable, strict=True):
         assert torch.equal(a, b), name
 
 
@@ -266,7 +261,7 @@ def test_save_and_load_state_continue_bit_identically(tiny_model_dir: Path, tmp_
     assert resumed.policy_version == 2
     losses = rl_steps(resumed, 2, examples)
     assert losses == expected_losses
-    for (name, a), (_, b) in zip(straight.trainable, resumed.trainable):
+    for (name, a), (_, b) in zip(straight.trainable, resumed.trainable, strict=True):
         assert torch.equal(a, b), name
     assert (tmp_path / STATE_FILE).is_file()
 

@@ -45,7 +45,7 @@ def test_engine_follows_the_protocol(backend: LocalBackend) -> None:
 
 def test_batch_shapes_finish_reasons_and_texts(backend: LocalBackend) -> None:
     engine = backend.engine()
-    prompts = encode_prompts(backend.tokenizer, arithmetic_examples(3))
+    prompts = encode_prompts(backend, arithmetic_examples(3))
     samples = engine.generate(prompts, n=5, max_tokens=6, temperature=1.0, top_p=1.0)
     n_rows = 15
     assert samples.group_size == 5 and samples.num_prompts == 3

@@ -38,7 +38,7 @@ def test_tiny_model_learns_modular_addition(tmp_path: Path) -> None:
     config = local_config(model_dir, lora_rank=LORA_RANK, lr=LEARNING_RATE, seed=0)
     backend = LocalBackend(config)
     examples = ArithmeticSource(config).examples()
-    prompts = dict(zip((e.example_id for e in examples), encode_prompts(backend.tokenizer, examples)))
+    prompts = dict(zip((e.example_id for e in examples), encode_prompts(backend, examples), strict=True))
     order = random.Random(0)
     rewards_per_step: list[float] = []
     while len(rewards_per_step) < MAX_STEPS:

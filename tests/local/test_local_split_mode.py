@@ -21,7 +21,7 @@ from retrain.engines.pytorch import left_pad
 
 
 def train_batch(backend: LocalBackend, seed: int):
-    prompts = encode_prompts(backend.tokenizer, arithmetic_examples(2))
+    prompts = encode_prompts(backend, arithmetic_examples(2))
     tokenizer = backend.tokenizer
     return random_train_batch(np.random.default_rng(seed), prompts, 3, 3, vocab=len(tokenizer), eos=tokenizer.eos_token_id)
 
@@ -58,7 +58,7 @@ def test_bf16_sampling_copy_in_split_mode(tiny_model_dir: Path) -> None:
     backend = LocalBackend(config)
     assert next(backend.engine().model.parameters()).dtype == torch.bfloat16
     assert next(backend.model.parameters()).dtype == torch.float32
-    prompts = encode_prompts(backend.tokenizer, arithmetic_examples(2))
+    prompts = encode_prompts(backend, arithmetic_examples(2))
     samples = backend.engine().generate(prompts, n=2, max_tokens=3, temperature=1.0, top_p=1.0)
     assert samples.mask_N_T.any(axis=1).all()
 
@@ -67,7 +67,7 @@ def test_sampling_and_training_overlap_without_torn_weights(tiny_model_dir: Path
     """One thread samples while another trains and syncs; every batch must match exactly the
     weights of the policy version it reports, so no generation saw a half-copied state."""
     backend = LocalBackend(local_config(tiny_model_dir, devices="cpu,cpu", lora_rank=0, lr=5e-3))
-    prompts = encode_prompts(backend.tokenizer, arithmetic_examples(4))
+    prompts = encode_prompts(backend, arithmetic_examples(4))
     snapshots = {0: train_weights(backend)}
     batches = []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -59,3 +60,92 @@ def test_scoring_off_the_main_thread():
     worker.start()
     worker.join()
     assert results[0].tolist() == [1.0]
+
+
+# A stand-in for math-verify whose comparison of an answer containing "hang" never ends
+# and ignores every timer, like a computation stuck inside C code, and whose comparison
+# of one containing "crash" ends the process, like a kill for memory.
+FAKE_VERIFIER = '''
+import os
+import time
+
+
+class LatexExtractionConfig:
+    pass
+
+
+class ExprExtractionConfig:
+    pass
+
+
+def parse(text, extraction_config=None, parsing_timeout=None):
+    return [text] if text else []
+
+
+def verify(gold, answer, timeout_seconds=None):
+    if "hang" in answer[0]:
+        time.sleep(600)
+    if "crash" in answer[0]:
+        os._exit(9)
+    return gold[0] == answer[0]
+'''
+
+
+def _score_on_a_thread(reward, texts: list[str], examples: list[Example]) -> tuple[list[float], float]:
+    results: list[np.ndarray] = []
+    started = time.monotonic()
+    worker = threading.Thread(target=lambda: results.append(reward.score(texts, examples)))
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "scoring off the main thread did not return"
+    return results[0].tolist(), time.monotonic() - started
+
+
+def test_a_completion_past_the_deadline_scores_zero_off_the_main_thread(tmp_path, monkeypatch, caplog):
+    from retrain.rewards.math import DEADLINE_FACTOR, MathReward
+
+    (tmp_path / "never_ending_verifier.py").write_text(FAKE_VERIFIER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reward = MathReward(Config(reward=RewardConfig(type="math")), timeout_s=1, verifier="never_ending_verifier")
+    texts = [r"\boxed{4}", r"\boxed{4} hang", r"\boxed{4}"]
+    with caplog.at_level("WARNING", logger="retrain.rewards.math"):
+        rewards, elapsed = _score_on_a_thread(reward, texts, [_example("4")])
+    # The stuck completion scores 0.0 and the helper that replaces it scores the next one.
+    assert rewards == [1.0, 0.0, 1.0]
+    assert elapsed < DEADLINE_FACTOR * 1 + 30  # the deadline, plus starting two helpers
+    assert f"took more than {DEADLINE_FACTOR} s and was stopped; it scores 0.0: '\\\\boxed{{4}} hang'" in caplog.text
+
+
+def test_a_completion_that_kills_the_helper_scores_zero_and_the_next_helper_goes_on(tmp_path, monkeypatch, caplog):
+    from retrain.rewards.math import MathReward
+
+    (tmp_path / "crashing_verifier.py").write_text(FAKE_VERIFIER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reward = MathReward(Config(reward=RewardConfig(type="math")), timeout_s=1, verifier="crashing_verifier")
+    with caplog.at_level("WARNING", logger="retrain.rewards.math"):
+        rewards, _ = _score_on_a_thread(reward, [r"\boxed{4} crash", r"\boxed{4}"], [_example("4")])
+    assert rewards == [0.0, 1.0]
+    assert "ended the helper process (exit code 9); it scores 0.0: '\\\\boxed{4} crash'" in caplog.text
+
+
+def test_scoring_on_the_main_thread_stays_in_process(tmp_path, monkeypatch):
+    from retrain.rewards.math import MathReward
+
+    (tmp_path / "plain_verifier.py").write_text(FAKE_VERIFIER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reward = MathReward(Config(reward=RewardConfig(type="math")), verifier="plain_verifier")
+    assert reward.score([r"\boxed{4}", r"\boxed{5}"], [_example("4")]).tolist() == [1.0, 0.0]
+    assert reward._helper is None
+
+
+@pytest.mark.integration
+def test_a_pathological_completion_off_the_main_thread_scores_zero_in_time():
+    pytest.importorskip("math_verify")
+    from retrain.rewards.math import DEADLINE_FACTOR, MathReward
+
+    # Comparing 9^(9^9) with 3 does not end in any useful time without a timer.
+    reward = MathReward(Config(reward=RewardConfig(type="math")), timeout_s=1)
+    rewards, elapsed = _score_on_a_thread(reward, [r"\boxed{9^{9^{9}}}", r"\boxed{2/4}"],
+                                          [_example("3"), _example("0.5")])
+    assert rewards == [0.0, 1.0]
+    assert elapsed < DEADLINE_FACTOR * 1 + 30

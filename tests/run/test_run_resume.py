@@ -110,6 +110,11 @@ def test_resume_of_a_folder_without_trainer_state_fails(runs: Runs, retrain_cach
     (no_state / "metrics.jsonl").write_text('{"step":1}\n')
     result = run_retrain(runs.workdir, retrain_cache, "--resume", no_state.name)
     assert result.returncode == 2, describe(result)
+    assert "cannot resume: no_state/config.toml does not exist" in result.stderr
+    assert sorted(path.name for path in no_state.iterdir()) == ["metrics.jsonl"]
+    # Given a config explicitly, the missing state is what is reported.
+    result = run_retrain(runs.workdir, retrain_cache, "retrain.toml", "--resume", no_state.name)
+    assert result.returncode == 2, describe(result)
     assert "trainer_state.json does not exist" in result.stderr
     assert sorted(path.name for path in no_state.iterdir()) == ["metrics.jsonl"]
 

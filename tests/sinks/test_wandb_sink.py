@@ -67,3 +67,102 @@ def test_resume_continues_the_stored_run_id(tmp_path, monkeypatch):
     sink.finish()
     assert sink.run_id == "retrain-resume-1"
     assert list((tmp_path / "wandb").glob("offline-run-*-retrain-resume-1"))
+
+
+def _history(run_file) -> tuple[object, list[tuple[int, dict[str, object]]]]:
+    """(the run record's branch point, [(step, {key: value})] of the history records) of an
+    offline run file: wandb's LevelDB-style log (a 7-byte file header, then 32 KiB blocks of
+    chunks, each with a 7-byte header: CRC32, length, type 1 full / 2 first / 3 middle /
+    4 last) of ``Record`` protobufs."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = run_file.read_bytes()
+    block, position, pending, raw_records = 32768, 7, b"", []
+    while position + 7 <= len(data):
+        room = block - position % block
+        if room < 7:
+            position += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        if kind == 0:
+            position += room
+            continue
+        chunk = data[position + 7:position + 7 + length]
+        position += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            raw_records.append(pending)
+    branch_point, history = None, []
+    for raw in raw_records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "run":
+            branch_point = record.run.branch_point
+        elif record.WhichOneof("record_type") == "history":
+            items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            history.append((record.history.step.num, items))
+    return branch_point, history
+
+
+@pytest.mark.integration
+def test_a_resumed_run_rewinds_wandb_to_the_checkpoint_step(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = Config(logging=LoggingConfig(log_dir=str(tmp_path / "logs"), wandb_project="retrain-tests"))
+    # The crashed attempt checkpointed step 3 and logged up to step 5. (Each attempt gets
+    # its own WANDB_DIR: two offline runs of one id started in the same second would
+    # share a folder name.)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "crashed"))
+    crashed = build_sinks(config, total_steps=6)
+    for step in range(1, 6):
+        crashed.log_step({"step": step, "reward_mean": step / 10})
+    run_id = crashed.wandb_run_id
+    crashed.close()
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "resumed"))
+    resumed = build_sinks(config, total_steps=6, completed=3, wandb_run_id=run_id)
+    assert resumed.wandb_run_id == run_id
+    for step in range(4, 7):
+        resumed.log_step({"step": step, "reward_mean": step})
+    resumed.close()
+    [first] = (tmp_path / "crashed" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    [second] = (tmp_path / "resumed" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    assert [step for step, _ in _history(first)[1]] == [1, 2, 3, 4, 5]
+    branch_point, history = _history(second)
+    assert (branch_point.run, branch_point.metric, branch_point.value) == (run_id, "_step", 3)
+    # Every redone step is recorded (none dropped as out of order), in increasing order.
+    assert [(step, items["reward_mean"]) for step, items in history] == [(4, 4), (5, 5), (6, 6)]
+
+
+class _FakeRun:
+    def __init__(self, run_id: str) -> None:
+        self.id = run_id
+
+
+class _RewindRefusingInit:
+    """wandb.init for a server without rewind: ``resume_from`` fails, the rest works."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, object]] = []
+
+    def __call__(self, **arguments: object) -> _FakeRun:
+        import wandb
+
+        self.calls.append(arguments)
+        if "resume_from" in arguments:
+            raise wandb.errors.CommError("rewind is not enabled for this entity")
+        return _FakeRun(str(arguments.get("id")))
+
+
+def test_a_refused_rewind_continues_the_run_and_says_what_wandb_will_miss(caplog):
+    pytest.importorskip("wandb")
+    init = _RewindRefusingInit()
+    with caplog.at_level("WARNING", logger="retrain.sinks"):
+        sink = WandbSink(Config(logging=LoggingConfig(wandb_project="retrain-tests")), run_id="abc", resume_step=7,
+                         init=init)
+    assert sink.run_id == "abc"
+    assert init.calls[0]["resume_from"] == "abc?_step=7" and "id" not in init.calls[0]
+    assert (init.calls[1]["id"], init.calls[1]["resume"]) == ("abc", "allow")
+    assert "wandb refused to rewind run abc to step 7" in caplog.text and "metrics.jsonl" in caplog.text

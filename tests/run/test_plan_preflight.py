@@ -1,0 +1,57 @@
+"""``retrain explain`` finds what a run would otherwise only find after loading its model:
+missing data files, optional packages, a custom reward module, malformed planning grams —
+each as a ``file:line [section].key`` error (exit 2), with no model loaded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def explain(config: Path, *flags: str, cwd: Path, blocked_module: str = "") -> subprocess.CompletedProcess[str]:
+    # A module set to None in sys.modules cannot be imported: as if it were not installed.
+    code = (f"import sys\nif {blocked_module!r}: sys.modules[{blocked_module!r}] = None\n"
+            "from retrain.cli import main\nsys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, "explain", str(config), *flags], cwd=cwd,
+                          capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize(("text", "blocked", "expected"), [
+    ('[data]\nsource = "jsonl"\npath = "nope.jsonl"\n', "", ":3 [data].path: nope.jsonl is not a file"),
+    ('[logging]\nwandb_project = "p"\n', "wandb", ":2 [logging].wandb_project: wandb logging needs the Python "
+                                                   "package 'wandb'"),
+    ('[reward]\ntype = "math"\n', "math_verify", ":2 [reward].type: type = \"math\" needs the Python package"),
+    ('[algorithm]\ntransform_mode = "gtpo_hicra"\n[planning]\ndetector = "semantic"\n', "sentence_transformers",
+     ":4 [planning].detector: detector = \"semantic\" needs"),
+    ('[algorithm]\ntransform_mode = "gtpo_sepa"\n[logging]\nstrategic_grams = "[\\"wait\\""\n', "",
+     ":4 [logging].strategic_grams: not a valid JSON array"),
+    ('[reward]\ntype = "custom"\ncustom_module = "no_such_rewards"\n', "", "no_such_rewards"),
+])
+def test_explain_reports_what_the_run_would_fail_on(tmp_path: Path, text: str, blocked: str, expected: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    result = explain(config, cwd=tmp_path, blocked_module=blocked)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert expected in result.stderr, result.stderr
+
+
+def test_the_custom_reward_module_is_found_next_to_the_config(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "plugs").mkdir(parents=True)
+    (project / "plugs" / "my_rewards.py").write_text(
+        "def score(completion, reference):\n    return float(completion.strip() == reference)\n")
+    config = project / "c.toml"
+    config.write_text('[plugins]\nsearch_paths = ["plugs"]\n[reward]\ntype = "custom"\ncustom_module = "my_rewards"\n'
+                      '[algorithm]\nadvantage_mode = "grpo"\ntransform_mode = "none"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = explain(config, "--json", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert str(project / "plugs" / "my_rewards.py") in result.stdout
+    wrong = explain(config, "--reward.custom_function", "nope", cwd=elsewhere)
+    assert wrong.returncode == 2 and "has no attribute 'nope'" in wrong.stderr, wrong.stderr

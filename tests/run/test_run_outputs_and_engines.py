@@ -1,0 +1,150 @@
+"""What a run claims and who gets its weights, through the real command line: output
+folders (lock, adapter ownership, unusable paths), damaged trainer state, one seed giving
+one run, and an engine plugin receiving every update."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from pathlib import Path
+
+import pytest
+from cli_runs import (
+    DEFAULT_LOG_DIR,
+    assert_rows_match,
+    describe,
+    read_jsonl_strict,
+    run_retrain,
+    workdir_with_default_config,
+)
+
+STEPS = 3
+
+
+def refused(result, *phrases: str) -> None:
+    assert result.returncode == 2, describe(result)
+    assert "Traceback" not in result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, describe(result)
+
+
+def test_a_second_process_on_the_same_log_dir_is_refused(tmp_path: Path, retrain_cache: Path) -> None:
+    workdir = workdir_with_default_config(tmp_path)
+    log_dir = workdir / DEFAULT_LOG_DIR
+    log_dir.mkdir(parents=True)
+    with open(log_dir / ".retrain.lock", "a") as held:  # what a running retrain holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run_retrain(workdir, retrain_cache, "--max-steps", "1")
+    refused(result, "another retrain process is running in logs/default")
+    assert not (log_dir / "metrics.jsonl").exists()
+
+
+def test_runs_sharing_a_fixed_adapter_path_are_refused(tmp_path: Path, retrain_cache: Path) -> None:
+    workdir = workdir_with_default_config(tmp_path)
+    shared = ["--backend-adapter-path", str(tmp_path / "shared_adapter")]
+    first = run_retrain(workdir, retrain_cache, "--max-steps", "1", "--log-dir", "logs/a", *shared)
+    assert first.returncode == 0, describe(first)
+    second = run_retrain(workdir, retrain_cache, "--max-steps", "1", "--log-dir", "logs/b", *shared)
+    refused(second, "holds the adapters of the run in", "logs/a", "{log_dir}/adapter")
+    assert not (workdir / "logs/b/metrics.jsonl").exists()
+    # The run that owns the folder may resume into it.
+    resumed = run_retrain(workdir, retrain_cache, "--resume", "logs/a", "--max-steps", "2")
+    assert resumed.returncode == 0, describe(resumed)
+
+
+@pytest.mark.parametrize("flag", ["--log-dir", "--backend-adapter-path"])
+def test_an_output_folder_that_cannot_be_created_is_a_clean_error(tmp_path: Path, retrain_cache: Path,
+                                                                  flag: str) -> None:
+    workdir = workdir_with_default_config(tmp_path)
+    (workdir / "afile").write_text("not a folder")
+    result = run_retrain(workdir, retrain_cache, "--max-steps", "1", flag, "afile/inside")
+    refused(result, "cannot ", "afile/inside", "choose a folder")
+
+
+@pytest.mark.parametrize(("state", "phrase"), [
+    ("[1, 2]", "not written by this version"),
+    ('{"version": 1, "step": 2}', "damaged (seed, checkpoint, data, credit, rng missing"),
+    ('{"version": 1, "step": "2", "seed": 0, "checkpoint": "c", "data": {}, "credit": {}, "rng": {}}',
+     "damaged (step missing"),
+])
+def test_a_damaged_trainer_state_is_a_clean_error(tmp_path: Path, retrain_cache: Path, state: str,
+                                                 phrase: str) -> None:
+    workdir = workdir_with_default_config(tmp_path)
+    done = run_retrain(workdir, retrain_cache, "--max-steps", "1")
+    assert done.returncode == 0, describe(done)
+    (workdir / DEFAULT_LOG_DIR / "trainer_state.json").write_text(state)
+    refused(run_retrain(workdir, retrain_cache, "--resume", str(DEFAULT_LOG_DIR), "--max-steps", "2"), phrase)
+
+
+def test_resume_from_a_folder_that_is_not_a_run_names_it(tmp_path: Path, retrain_cache: Path) -> None:
+    result = run_retrain(tmp_path, retrain_cache, "--resume", "nowhere")  # no ./retrain.toml either
+    refused(result, "cannot resume: nowhere/config.toml does not exist")
+
+
+def test_one_seed_gives_one_run_with_lora_dropout(tmp_path: Path, retrain_cache: Path) -> None:
+    # LoRA dropout draws from torch's global generator, which [training] seed must set.
+    workdir = workdir_with_default_config(tmp_path)
+    flags = ["--max-steps", "2", "--lora-rank", "4", "--lora.dropout", "0.5", "--lr", "1e-2"]
+    for name in ("a", "b"):
+        result = run_retrain(workdir, retrain_cache, *flags, "--log-dir", f"logs/{name}",
+                             "--backend-adapter-path", f"logs/{name}/adapter")
+        assert result.returncode == 0, describe(result)
+    first, second = (read_jsonl_strict(workdir / f"logs/{name}/metrics.jsonl") for name in ("a", "b"))
+    assert_rows_match(first, second, tolerance=0.0)
+
+
+ENGINE_PLUGIN = '''
+"""An engine with its own copy of the model, as a server would have: it only learns of
+new weights through load_adapter."""
+
+import json
+import threading
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from retrain.engines.pytorch import PyTorchEngine
+from retrain.models.tiny import resolve_model_path
+
+
+class OwnCopyEngine:
+    def __init__(self, config):
+        path = resolve_model_path(config.model.model)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        self.inner = PyTorchEngine(model, tokenizer, device="cpu", generator=torch.Generator().manual_seed(0),
+                                   weights_lock=threading.Lock())
+        self.record = Path(config.logging.log_dir) / "engine_loads.jsonl"
+
+    def generate(self, prompt_token_ids, n, max_tokens, temperature, top_p, want_entropies=False):
+        return self.inner.generate(prompt_token_ids, n, max_tokens, temperature, top_p, want_entropies)
+
+    def load_adapter(self, path, version):
+        self.inner.load_adapter(path, version)
+        with open(self.record, "a") as out:
+            out.write(json.dumps({"version": version, "path": str(path)}) + "\\n")
+'''
+
+
+def test_an_engine_plugin_loads_the_weights_of_every_update_and_after_resume(tmp_path: Path,
+                                                                             retrain_cache: Path) -> None:
+    workdir = workdir_with_default_config(tmp_path)
+    (workdir / "plugs").mkdir()
+    (workdir / "plugs" / "own_engine.py").write_text(ENGINE_PLUGIN)
+    flags = ["--search-paths", "plugs", "--inference-engine", "own_engine.OwnCopyEngine", "--save-every", "2"]
+    first = run_retrain(workdir, retrain_cache, "--max-steps", str(STEPS), *flags)
+    assert first.returncode == 0, describe(first)
+    log_dir = workdir / DEFAULT_LOG_DIR
+    loads = read_jsonl_strict(log_dir / "engine_loads.jsonl")
+    assert [load["version"] for load in loads] == [1, 2, 3]
+    rows = read_jsonl_strict(log_dir / "metrics.jsonl")
+    # The engine sampled step k with the weights of update k - 1: on-policy.
+    assert [row["policy_version"] for row in rows] == [1, 2, 3]
+    assert all(row["policy_staleness"] == 0 for row in rows)
+    assert [p.name for p in (log_dir / "engine_weights").iterdir()] == ["policy_v3"]
+    # A resumed run first hands the engine the restored weights.
+    resumed = run_retrain(workdir, retrain_cache, "--resume", str(DEFAULT_LOG_DIR), "--max-steps", "4")
+    assert resumed.returncode == 0, describe(resumed)
+    assert [load["version"] for load in read_jsonl_strict(log_dir / "engine_loads.jsonl")][3:] == [3, 4]
+    assert json.loads((log_dir / "trainer_state.json").read_text())["policy_version"] == 4
