@@ -43,6 +43,7 @@ import numpy as np
 from retrain.advantages import GroupStats, correct_rate, group_stats
 from retrain.algorithms import AlgorithmContext, AlgorithmOutput, Recipe
 from retrain.config.schema import Config
+from retrain.errors import PluginError, RetrainError
 from retrain.registry import PluginOutputError, ResolvedPlugin, check_params, resolve
 from retrain.sepa import SEPAController
 from retrain.transforms import (
@@ -206,6 +207,21 @@ def _label(resolved: ResolvedPlugin) -> str:
     return f"{resolved.kind} '{resolved.name}' ({resolved.origin})"
 
 
+def _call(plugin: ResolvedPlugin, *args: object) -> object:
+    """Run a stage. An exception inside a user's plugin becomes a ``PluginError`` naming
+    the plugin (``RETRAIN_DEBUG=1`` shows its traceback); a built-in's is a bug in
+    retrain and keeps its traceback."""
+    if plugin.builtin:
+        return plugin.obj(*args)  # type: ignore[operator]
+    try:
+        return plugin.obj(*args)  # type: ignore[operator]
+    except RetrainError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{_label(plugin)} raised {type(exc).__name__}: {exc} — fix the plugin "
+                          "(RETRAIN_DEBUG=1 shows where)") from exc
+
+
 def _params_view(params: object) -> object:
     if dataclasses.is_dataclass(params) and not isinstance(params, type):
         return dataclasses.asdict(params)
@@ -241,7 +257,7 @@ class ComposableCore:
         else:
             self.stages = []
             self.needs_planning = transform.spec.needs_planning if transform.spec is not None else True
-            self.run_transform = lambda ctx: transform.obj(ctx, transform_params)
+            self.run_transform = lambda ctx: _call(transform, ctx, transform_params)
 
     @property
     def needs_entropies(self) -> bool:
@@ -257,7 +273,7 @@ class ComposableCore:
 
     def __call__(self, core: CoreInput) -> CoreOutput:
         groups, group_size = core.rewards_P_G.shape
-        raw = self.advantage.obj(core.rewards_P_G, self.advantage_params)
+        raw = _call(self.advantage, core.rewards_P_G, self.advantage_params)
         episode_P_G = self.validator.episode(raw, (groups, group_size), _label(self.advantage))
         ctx = TransformContext(
             episode_advantages_N=episode_P_G.reshape(-1).astype(np.float32),
@@ -311,7 +327,7 @@ class AlgorithmCore:
             sepa_lambda=core.sepa_lambda,
             batch=core.batch,
         )
-        output = self.algorithm.obj(ctx, self.params)
+        output = _call(self.algorithm, ctx, self.params)
         who = _label(self.algorithm)
         if not isinstance(output, AlgorithmOutput):
             raise PluginOutputError(f"{who} returned {type(output).__name__}; expected an AlgorithmOutput")
@@ -410,7 +426,7 @@ class CreditPipeline:
         _check_batch(rewards, mask, batch.group_size)
         groups, group_size = rewards.shape
         planning = _planning_mask(planning_N_T, mask)
-        uncertainty = self.validator.tokens(self.uncertainty.obj(batch), mask, _label(self.uncertainty), group_size,
+        uncertainty = self.validator.tokens(_call(self.uncertainty, batch), mask, _label(self.uncertainty), group_size,
                                             trusted=self.uncertainty.builtin)
         selectors = {"real": Selector.of(mask), "exec": Selector.of(mask & ~planning), "planning": Selector.of(planning)}
         rate = correct_rate(rewards)

@@ -41,7 +41,7 @@ from retrain.config.loader import ResolvedConfig, load_config, replace_setting
 from retrain.config.rules import not_in_this_version
 from retrain.config.schema import Config
 from retrain.config.snapshot import config_to_dict, write_snapshot
-from retrain.errors import ConfigError, ConfigIssue, RetrainError
+from retrain.errors import ConfigError, ConfigIssue, PluginError, RetrainError
 from retrain.registry import resolve
 
 logger = logging.getLogger(__name__)
@@ -253,6 +253,21 @@ def seed_global_rngs(seed: int) -> None:
         torch.manual_seed(seed)  # every CUDA device too
 
 
+def check_capabilities(backend: object, config: Config, credit: object, resuming: bool) -> None:
+    """What the run asks of the backend against what it declares (``capabilities``)."""
+    capabilities = backend.capabilities  # type: ignore[attr-defined]
+    name = config.backend.backend
+    if config.inference.engine == "pytorch" and not capabilities.in_process_engine:
+        raise PluginError(f"backend '{name}' has no in-process engine, which [inference] engine = \"pytorch\" "
+                          "asks for — choose an engine that runs on its own (an engine plugin or server)")
+    if credit.needs_entropies and not capabilities.supports_entropies:  # type: ignore[attr-defined]
+        raise PluginError(f"the credit pipeline needs per-token entropies, which backend '{name}' cannot supply — "
+                          "choose another uncertainty_kind (surprisal, predictive_variance)")
+    if resuming and not capabilities.exact_resume:
+        logger.warning("backend '%s' does not restore every piece of its state: the resumed run will not "
+                       "repeat the uninterrupted one exactly", name)
+
+
 def build_run(plan: RunPlan, resume_state: dict[str, object] | None = None) -> Run:
     """Build the heavy components of a planned run (this loads the model)."""
     from retrain.config.rules import parse_devices
@@ -274,6 +289,7 @@ def build_run(plan: RunPlan, resume_state: dict[str, object] | None = None) -> R
     data = resolve("data", config.data.source, config.plugins, base).obj(config)
     reward = build_reward(config, base)
     backend = resolve("backend", config.backend.backend, config.plugins, base).obj(config)
+    check_capabilities(backend, config, plan.credit, resuming=resume_state is not None)
     weights: InProcessWeights | AdapterPublisher
     if config.inference.engine == "pytorch":
         engine = backend.engine()

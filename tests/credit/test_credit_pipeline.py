@@ -296,6 +296,15 @@ def flat_advantages(rewards_P_G, params):
 
 def nan_uncertainty(batch):
     return np.full(batch.mask_N_T.shape, np.nan)
+
+def crashing_advantages(rewards_P_G, params):
+    return rewards_P_G / params["missing"]
+
+def crashing_transform(ctx, params):
+    raise ZeroDivisionError("division by zero in my transform")
+
+def crashing_uncertainty(batch):
+    return batch.no_such_field
 '''
 
 
@@ -393,3 +402,17 @@ def test_load_errors_stop_the_build_whatever_strict_says(bad_plugins, strict):
         build_credit_pipeline(make_config(bad_plugins, strict=strict, transform_mode="bad_plugin.short_rows"))
     with pytest.raises(PluginAttributeError, match="did you mean 'short_rows'"):
         build_credit_pipeline(make_config(bad_plugins, strict=strict, transform_mode="bad_plugins.short_row"))
+
+
+@pytest.mark.parametrize(("setting", "name", "raised"), [
+    ("advantage_mode", "crashing_advantages", "KeyError: 'missing'"),
+    ("transform_mode", "crashing_transform", "ZeroDivisionError: division by zero in my transform"),
+    ("uncertainty_kind", "crashing_uncertainty", "AttributeError: 'SampleBatch' object has no attribute"),
+])
+def test_an_exception_inside_a_plugin_names_the_plugin(bad_plugins, setting, name, raised):
+    from retrain.errors import PluginError
+
+    config = make_config(bad_plugins, **{setting: f"bad_plugins.{name}"})
+    with pytest.raises(PluginError, match=rf"'bad_plugins.{name}' \(plugin .*bad_plugins.py\) raised {raised}") as caught:
+        build_credit_pipeline(config)(*bad_batch(), None, 0)
+    assert caught.value.__cause__ is not None  # the plugin's own traceback stays reachable

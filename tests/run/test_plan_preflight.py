@@ -55,3 +55,60 @@ def test_the_custom_reward_module_is_found_next_to_the_config(tmp_path: Path) ->
     assert str(project / "plugs" / "my_rewards.py") in result.stdout
     wrong = explain(config, "--reward.custom_function", "nope", cwd=elsewhere)
     assert wrong.returncode == 2 and "has no attribute 'nope'" in wrong.stderr, wrong.stderr
+
+
+class FakeBackend:
+    def __init__(self, **declared: bool) -> None:
+        from retrain.backends.base import BackendCapabilities
+
+        flags = {"reports_loss": True, "preserves_token_advantages": True, "exact_resume": True,
+                 "supports_entropies": True, "in_process_engine": True}
+        self.capabilities = BackendCapabilities(**{**flags, **declared})
+
+
+def test_what_a_run_asks_of_a_backend_is_checked_against_its_capabilities(caplog: pytest.LogCaptureFixture) -> None:
+    import dataclasses
+
+    from retrain.config.schema import AlgorithmConfig, Config, InferenceConfig
+    from retrain.credit import build_credit_pipeline
+    from retrain.errors import PluginError
+    from retrain.run import check_capabilities
+
+    config = Config()
+    credit = build_credit_pipeline(config)
+    check_capabilities(FakeBackend(), config, credit, resuming=True)
+    with pytest.raises(PluginError, match="has no in-process engine"):
+        check_capabilities(FakeBackend(in_process_engine=False), config, credit, resuming=False)
+    check_capabilities(FakeBackend(in_process_engine=False),
+                       dataclasses.replace(config, inference=InferenceConfig(engine="my.Engine")), credit, resuming=False)
+    entropy = dataclasses.replace(config, algorithm=AlgorithmConfig(uncertainty_kind="shannon_entropy"))
+    with pytest.raises(PluginError, match="needs per-token entropies"):
+        check_capabilities(FakeBackend(supports_entropies=False), entropy, build_credit_pipeline(entropy), resuming=False)
+    with caplog.at_level("WARNING", logger="retrain.run"):
+        check_capabilities(FakeBackend(exact_resume=False), config, credit, resuming=True)
+    assert "will not repeat the uninterrupted one exactly" in caplog.text
+
+
+RUNNABLE = sorted([REPO / "retrain.toml", *REPO.glob("configs/*.toml"),
+                   *(p for p in REPO.glob("retrain/templates/*.toml") if p.stem != "campaign")])
+
+
+@pytest.mark.parametrize("path", RUNNABLE, ids=[str(p.relative_to(REPO)) for p in RUNNABLE])
+def test_every_shipped_run_config_plans_without_warnings(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrain.config.loader import resolve_config
+    from retrain.run import plan_run
+
+    monkeypatch.chdir(REPO)  # data paths in configs/ are relative to the repository
+    resolved = resolve_config(path, environ={})
+    assert resolved.warnings == []
+    plan_run(resolved)
+
+
+def test_campaign_files_load_but_are_refused_by_this_version() -> None:
+    from retrain.config.loader import resolve_config
+    from retrain.errors import ConfigError
+    from retrain.run import plan_run
+
+    for path in [*REPO.glob("campaigns/*.toml"), REPO / "retrain/templates/campaign.toml"]:
+        with pytest.raises(ConfigError, match="campaigns .* are not part of this version"):
+            plan_run(resolve_config(path, environ={}))

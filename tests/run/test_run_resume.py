@@ -135,3 +135,30 @@ def test_resume_with_fewer_steps_than_done_fails(runs: Runs, retrain_cache: Path
     assert result.returncode == 2, describe(result)
     assert "already completed 10 steps" in result.stderr and "--max-steps 10" in result.stderr
     assert tree_fingerprint(runs.first_ten) == before
+
+
+# Everything with state of its own at once: LoRA with dropout (torch's generator), the SEPA
+# schedule in auto mode with HICRA over regex planning tokens, top-rho masking, dynamic
+# sampling (refills draw extra prompts) and micro-batched updates.
+STATEFUL_FLAGS = ["--lora-rank", "4", "--lora.dropout", "0.1", "--lr", "1e-2", "--advantage-mode", "maxrl",
+                  "--transform-mode", "gtpo_sepa_hicra", "--sepa-schedule", "auto", "--sepa-delay-steps", "0",
+                  "--sepa-steps", "4", "--sepa-warmup-steps", "1", "--sepa-correct-rate-gate", "0",
+                  "--surprisal-mask-rho", "0.25", "--dynamic-sampling", "--backend-opt", "micro_batch_size=16",
+                  "--save-every", "2"]
+
+
+def test_resume_is_exact_with_every_stateful_feature_on(tmp_path: Path, retrain_cache: Path) -> None:
+    workdir = workdir_with_default_config(tmp_path)
+    for log_dir, steps in (("straight", 6), ("part", 3)):
+        done = run_retrain(workdir, retrain_cache, "--max-steps", str(steps), "--log-dir", log_dir, *STATEFUL_FLAGS)
+        assert done.returncode == 0, describe(done)
+    resumed = run_retrain(workdir, retrain_cache, "--resume", "part", "--max-steps", "6")
+    assert resumed.returncode == 0, describe(resumed)
+    straight_rows = read_jsonl_strict(workdir / "straight" / "metrics.jsonl")
+    assert straight_rows[-1]["sepa_lambda"] > 0  # SEPA really ran
+    assert_rows_match(straight_rows, read_jsonl_strict(workdir / "part" / "metrics.jsonl"))
+
+    import torch
+
+    want, got = (load_weights(workdir / name / "adapter" / "final") for name in ("straight", "part"))
+    assert sorted(got) == sorted(want) and all(torch.equal(want[name], got[name]) for name in want)
