@@ -43,6 +43,8 @@ from cli_runs import (  # noqa: E402
     workdir_with_default_config,
 )
 
+# The lock a run holds on its folder stays there, by design.
+LOCK_FILE = ".retrain.lock"
 MAX_KILLS_PER_TRIAL = 3
 KILL_AGAIN_PROBABILITY = 0.4
 
@@ -226,7 +228,7 @@ def check_finished(trial: Trial, log_dir: Path, reference: Path, max_steps: int)
 
 def leftovers(log_dir: Path) -> list[str]:
     """Hidden staging files and folders an interrupted write left behind (harmless)."""
-    return sorted(str(path.relative_to(log_dir)) for path in log_dir.rglob(".*"))
+    return sorted(str(path.relative_to(log_dir)) for path in log_dir.rglob(".*") if path.name != LOCK_FILE)
 
 
 def summary_line(trial: Trial, log_dir: Path) -> str:
