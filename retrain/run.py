@@ -20,6 +20,7 @@ the step in progress, checkpoints it and stops (docs/checkpoints.md).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.util
 import json
 import logging
@@ -90,6 +91,10 @@ def plan_run(resolved: ResolvedConfig) -> RunPlan:
     if credit.needs_planning:
         plugin = resolve("planning", config.planning.detector, config.plugins, base_dir)
         components["planning"] = {"name": config.planning.detector, "origin": plugin.origin}
+    if config.backend.backend not in registry_names.BACKENDS:
+        # A plugin backend is already imported: check what it declares before any model loads.
+        backend_class = resolve("backend", config.backend.backend, config.plugins, base_dir).obj
+        check_capabilities(backend_class, config, credit, resuming=bool(config.resume.from_))
     problems = preflight_issues(config, needs_planning=credit.needs_planning)
     if problems:
         raise ConfigError([dataclasses.replace(issue, where=issue.where or resolved.sources.get((issue.section, issue.key), ""))
@@ -174,7 +179,7 @@ class InProcessWeights:
         """Make the engine sample from the latest weights; the policy version."""
         return self.backend.sync_engine_weights()  # type: ignore[attr-defined]
 
-    def resume(self, version: int) -> None:
+    def resume(self, version: int | None) -> None:
         """Nothing to do: restoring the backend restored its engine."""
 
 
@@ -186,7 +191,8 @@ class AdapterPublisher:
     def __init__(self, backend: object, engine: object, directory: Path) -> None:
         self.backend = backend
         self.engine = engine
-        self.directory = directory
+        # Absolute: an engine in another process resolves paths from its own directory.
+        self.directory = directory.resolve()
         self.published_version = 0  # the engine starts from the same base weights
 
     def sync(self) -> int:
@@ -195,8 +201,11 @@ class AdapterPublisher:
             self.resume(version)
         return version
 
-    def resume(self, version: int) -> None:
-        """Publish the current weights as ``version`` (after a restore, or an update)."""
+    def resume(self, version: int | None) -> None:
+        """Publish the current weights as ``version`` (after a restore, or an update);
+        None: a checkpoint that did not record it, so ask the backend."""
+        if version is None:
+            version = int(self.backend.sync_engine_weights())  # type: ignore[attr-defined]
         path = self.directory / f"policy_v{version}"
         self.backend.save_adapter(path)  # type: ignore[attr-defined]
         self.engine.load_adapter(path, version)  # type: ignore[attr-defined]
@@ -385,6 +394,8 @@ def read_trainer_state(log_dir: Path) -> dict[str, object]:
                            "version that wrote it, or start a fresh run")
     expected = {"step": int, "seed": int, "checkpoint": str, "data": dict, "credit": dict, "rng": dict}
     wrong = [key for key, kind in expected.items() if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
+    if "step" not in wrong and state["step"] < 1:  # type: ignore[operator]
+        wrong.append("step")
     if wrong:
         raise RetrainError(f"cannot resume: {path} is damaged ({', '.join(wrong)} missing or of the wrong type) — "
                            "resume from a copy of the run, or start a fresh run")
@@ -392,6 +403,16 @@ def read_trainer_state(log_dir: Path) -> dict[str, object]:
 
 
 def restore(run: Run, state: dict[str, object]) -> None:
+    """Put every piece of the checkpoint's state back; a state file whose contents do not
+    fit (edited by hand, or from another run) is a clean error, not a traceback."""
+    try:
+        _restore(run, state)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise RetrainError(f"cannot resume: {run.log_dir / STATE_FILE} is damaged ({type(exc).__name__}: {exc}) — "
+                           "resume from a copy of the run, or start a fresh run") from exc
+
+
+def _restore(run: Run, state: dict[str, object]) -> None:
     run.backend.load_state(run.log_dir / str(state["checkpoint"]))  # type: ignore[attr-defined]
     run.collector.load_state_dict(state["data"])  # type: ignore[attr-defined]
     run.credit.load_state_dict(state["credit"])  # type: ignore[attr-defined]
@@ -444,6 +465,13 @@ def claim_output_dirs(config: Config, resuming: bool) -> IO[str]:
         lock.close()
         raise RetrainError(f"another retrain process is running in {log_dir} — let it finish (or stop it), "
                            "or choose another --log-dir") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
+            lock.close()
+            raise
+        # Some network filesystems have no flock; running unlocked beats not running.
+        logger.warning("the filesystem of %s cannot lock files (%s); make sure no other retrain process uses "
+                       "this folder", log_dir, exc.strerror)
     try:
         _claim_adapter_dir(adapter_dir(config), log_dir)
     except BaseException:
@@ -454,27 +482,47 @@ def claim_output_dirs(config: Config, resuming: bool) -> IO[str]:
 
 def _claim_adapter_dir(adapters: Path, log_dir: Path) -> None:
     owner_file = adapters / OWNER_FILE
-    me = str(log_dir.resolve())
+    me = log_dir.resolve()
     try:
         adapters.mkdir(parents=True, exist_ok=True)
-        if adapters.resolve().is_relative_to(log_dir.resolve()):
-            return  # inside the run's own folder (e.g. "{log_dir}/adapter"): nobody else's
         owner = owner_file.read_text().strip() if owner_file.is_file() else ""
-        if owner and owner != me and (Path(owner) / STATE_FILE).exists():
+        # A folder inside this run's own log_dir (e.g. "{log_dir}/adapter") is its own,
+        # even when the marker still names the run this folder was copied from.
+        inside_mine = adapters.resolve().is_relative_to(me)
+        if owner and Path(owner) != me and not inside_mine and _run_exists(Path(owner)):
             raise RetrainError(
                 f"[backend] adapter_path {adapters} holds the adapters of the run in {owner}, which this run would "
-                "overwrite — give each run its own folder: adapter_path = \"{log_dir}/adapter\""
+                "overwrite — give each run its own folder: adapter_path = \"{log_dir}/adapter\" (a resumed run "
+                "may move its adapters with --backend-adapter-path DIR)"
             )
-        write_atomic(owner_file, me + "\n")
+        write_atomic(owner_file, f"{me}\n")
     except OSError as exc:
         raise RetrainError(f"cannot write [backend] adapter_path {adapters}: {exc.strerror or exc} — "
                            "choose a folder this user can create and write to") from exc
 
 
+def _run_exists(log_dir: Path) -> bool:
+    """Whether ``log_dir`` holds a run: one that has checkpointed or started, or one
+    that is running now (it holds the lock, possibly before writing anything else)."""
+    if (log_dir / STATE_FILE).exists() or (log_dir / CONFIG_FILE).exists():
+        return True
+    import fcntl
+
+    try:
+        with open(log_dir / LOCK_FILE) as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+    return False
+
+
 # Settings a resumed run may change: they decide how long it runs, what it logs and where,
 # never what it computes, so the resumed steps stay the steps the first run would have taken.
 RESUMABLE_CHANGES = frozenset({
-    "training.max_steps", "training.save_every", "resume.from", "logging.log_dir", "logging.wandb_project",
+    "training.max_steps", "training.save_every", "resume.from", "logging.log_dir", "backend.adapter_path",
+    "logging.wandb_project",
     "logging.wandb_run_name", "logging.wandb_entity", "logging.wandb_group", "logging.wandb_tags",
     "logging.generations_per_step",
 })
@@ -586,7 +634,8 @@ def start(run: Run, state: dict[str, object] | None) -> None:
         write_snapshot(run.config, run.log_dir / CONFIG_FILE)
         return
     restore(run, state)
-    run.weights.resume(int(state.get("policy_version", 0)))  # type: ignore[attr-defined,arg-type]
+    version = state.get("policy_version")
+    run.weights.resume(int(version) if isinstance(version, int) else None)  # type: ignore[attr-defined]
     # A later plain `--resume` continues with what this one was given (say a larger max_steps).
     write_snapshot(replace_setting(run.config, "resume.from", ""), run.log_dir / CONFIG_FILE)
 
@@ -618,9 +667,20 @@ def train_loop(run: Run, skipped_updates: int) -> dict[str, object]:
     return last_row
 
 
+def with_absolute_search_paths(resolved: ResolvedConfig) -> Config:
+    """``[plugins] search_paths`` made absolute (relative ones start at the config file's
+    folder), so the snapshot a resumed run loads from its log_dir finds the same plugins."""
+    base = config_base_dir(resolved)
+    paths = [str((base / path).resolve()) if not Path(path).is_absolute() else path
+             for path in resolved.config.plugins.search_paths]
+    if paths == list(resolved.config.plugins.search_paths):
+        return resolved.config
+    return replace_setting(resolved.config, "plugins.search_paths", paths)
+
+
 def run_training(resolved: ResolvedConfig) -> RunSummary:
     """Plan, build, (resume,) train and checkpoint a run."""
-    config, state = resume_context(resolved.config)
+    config, state = resume_context(with_absolute_search_paths(resolved))
     plan = plan_run(dataclasses.replace(resolved, config=config))
     lock = claim_output_dirs(config, resuming=state is not None)
     try:

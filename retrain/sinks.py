@@ -511,12 +511,18 @@ def build_sinks(
     console progress line, and wandb when ``[logging] wandb_project`` is set.
 
     A resumed run passes the checkpoint's step as ``completed`` and the stored
-    ``wandb_run_id``; the wandb run is then rewound to that step (see ``WandbSink``)."""
+    ``wandb_run_id``; when ``metrics.jsonl`` holds steps after the checkpoint (the
+    earlier attempt crashed after it), the wandb run is rewound to that step (see
+    ``WandbSink``), otherwise it simply continues."""
     log_dir = Path(config.logging.log_dir)
-    sinks: list[Sink] = [MetricsLog(log_dir / METRICS_FILE)]
+    metrics = MetricsLog(log_dir / METRICS_FILE)
+    # Rewinding wandb is only needed when the earlier attempt logged steps past the
+    # checkpoint (a crash); extending a finished run redoes nothing.
+    redone = any(_step_of(row, metrics.path) > completed for row in metrics.rows()) if wandb_run_id else False
+    sinks: list[Sink] = [metrics]
     if config.logging.generations_per_step > 0:
         sinks.append(GenerationsLog(log_dir / GENERATIONS_FILE, config.logging.generations_per_step))
     sinks.append(ConsoleProgress(total_steps, stream, completed=completed))
     if config.logging.wandb_project:
-        sinks.append(WandbSink(config, run_id=wandb_run_id, resume_step=completed if wandb_run_id else None))
+        sinks.append(WandbSink(config, run_id=wandb_run_id, resume_step=completed if redone else None))
     return Sinks(sinks)

@@ -54,6 +54,10 @@ def _devices(config: Config, sources: Sources) -> list[ConfigIssue]:
     if len(devices) > 2:
         return [_issue(sources, "backend", "devices", f"{len(devices)} devices given; split mode uses two",
                        "list one device, or two (sampling on the first, training on the last)")]
+    if len(devices) == 2 and config.inference.engine != "pytorch":
+        return [_issue(sources, "backend", "devices", "split mode puts the in-process pytorch engine on the first "
+                       f"device, but [inference] engine = \"{config.inference.engine}\" samples on its own",
+                       "list only the training device")]
     return []
 
 
@@ -376,6 +380,8 @@ def _unused_by_transform(config: Config, sources: Sources) -> list[ConfigIssue]:
                                    "remove it, or set schedule = \"auto\""))
     reads_planning = bool(stages & {"hicra", "sepa"})
     planning = config.planning
+    if reads_planning and planning.detector not in registry_names.PLANNING_DETECTORS:
+        return warnings  # a detector plugin is built with the config and may read any of it
     if not reads_planning:
         for key in _changed(planning, ("detector", "model", "threshold")):
             warnings.append(_issue(sources, "planning", key, f"has no effect: transform \"{transform}\" uses no planning tokens",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import logging
 import multiprocessing
+import signal
 import threading
 import weakref
 from multiprocessing.connection import Connection
@@ -76,6 +77,11 @@ def serve(connection: Connection, verifier: str, timeout_s: int) -> None:
     """The helper process: answer each ``(text, reference)`` received with ``equivalent``'s
     result until the connection closes. It runs math-verify on its main thread, so the
     SIGALRM timers work."""
+    # Ctrl-C in a terminal and a scheduler's SIGTERM reach the whole process group; the
+    # run handles them (it finishes its step, which may still need this helper) and stops
+    # the helper itself, and the helper also ends when the run's end of the pipe closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     math_verify = importlib.import_module(verifier)
     gold_cache: dict[str, list[object]] = {}
     connection.send("ready")

@@ -227,3 +227,9 @@ def test_a_failed_write_removes_the_files_and_folders_it_made(tmp_path: Path) ->
     with pytest.raises(RetrainError, match="is a file, not a folder"):
         write_new_files({first: "a\n", blocker / "b.txt": "b\n"})
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_init_says_a_campaign_file_cannot_run_in_this_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init", str(tmp_path / "camp.toml"), "--template", "campaign"]) == 0
+    err = capsys.readouterr().err
+    assert "cannot run them yet" in err and "retrain explain" not in err

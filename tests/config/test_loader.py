@@ -394,6 +394,18 @@ def test_settings_without_effect_are_warned_about_where_they_are(tmp_path: Path,
     assert [(w.section, w.key, w.where) for w in resolved.warnings] == [(s, k, f"{path}:{line}") for s, k, line in expected]
 
 
+def test_a_planning_detector_plugin_may_read_the_planning_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, '[algorithm]\ntransform_mode = "gtpo_hicra"\n[planning]\ndetector = "my.Detector"\n'
+                           'threshold = 0.7\n[logging]\nstrategic_grams = "wait"\n')
+    assert resolve_config(path, environ={}).warnings == []
+
+
+def test_split_mode_needs_the_in_process_engine(tmp_path: Path) -> None:
+    path = write(tmp_path, '[backend]\ndevices = "cpu,cpu"\n[inference]\nengine = "my.Engine"\n')
+    with pytest.raises(ConfigError, match=r"c.toml:2 \[backend\].devices: split mode puts the in-process"):
+        load_config(path, environ={})
+
+
 def test_a_transform_plugin_may_read_any_section(tmp_path: Path) -> None:
     path = write(tmp_path, '[algorithm]\ntransform_mode = "my_pkg.MyTransform"\n[hicra]\nalpha = 0.5\n')
     assert resolve_config(path, environ={}).warnings == []

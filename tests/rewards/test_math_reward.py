@@ -128,6 +128,27 @@ def test_a_completion_that_kills_the_helper_scores_zero_and_the_next_helper_goes
     assert "ended the helper process (exit code 9); it scores 0.0: '\\\\boxed{4} crash'" in caplog.text
 
 
+def test_the_helper_outlives_ctrl_c_and_sigterm_sent_to_the_whole_run(tmp_path, monkeypatch, caplog):
+    # A terminal's Ctrl-C and a scheduler's SIGTERM reach every process of the group; the
+    # run finishes its step on such a signal, and that step may still need the helper.
+    import os
+    import signal
+
+    from retrain.rewards.math import MathReward
+
+    (tmp_path / "plain_verifier.py").write_text(FAKE_VERIFIER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reward = MathReward(Config(reward=RewardConfig(type="math")), timeout_s=1, verifier="plain_verifier")
+    assert _score_on_a_thread(reward, [r"\boxed{4}"], [_example("4")])[0] == [1.0]
+    helper = reward._helper.process
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        os.kill(helper.pid, signum)
+    time.sleep(0.5)
+    with caplog.at_level("WARNING", logger="retrain.rewards.math"):
+        assert _score_on_a_thread(reward, [r"\boxed{4}", r"\boxed{5}"], [_example("4")])[0] == [1.0, 0.0]
+    assert helper.is_alive() and reward._helper.process is helper and not caplog.text
+
+
 def test_scoring_on_the_main_thread_stays_in_process(tmp_path, monkeypatch):
     from retrain.rewards.math import MathReward
 

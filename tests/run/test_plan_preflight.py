@@ -112,3 +112,34 @@ def test_campaign_files_load_but_are_refused_by_this_version() -> None:
     for path in [*REPO.glob("campaigns/*.toml"), REPO / "retrain/templates/campaign.toml"]:
         with pytest.raises(ConfigError, match="campaigns .* are not part of this version"):
             plan_run(resolve_config(path, environ={}))
+
+
+ENGINELESS_BACKEND = """
+from retrain.backends.base import BackendCapabilities
+
+
+class EnginelessBackend:
+    capabilities = BackendCapabilities(reports_loss=True, preserves_token_advantages=True, exact_resume=True,
+                                       supports_entropies=False, in_process_engine=False)
+
+    def __init__(self, config): ...
+    def encode_prompt(self, messages): ...
+    def train_step(self, batch): ...
+    def save_adapter(self, path): ...
+    def save_state(self, directory): ...
+    def load_state(self, directory): ...
+    def engine(self): ...
+    def sync_engine_weights(self): ...
+    def shutdown(self): ...
+"""
+
+
+def test_a_plugin_backend_is_held_to_its_capabilities_before_any_model_loads(tmp_path: Path) -> None:
+    (tmp_path / "plugs").mkdir()
+    (tmp_path / "plugs" / "engineless.py").write_text(ENGINELESS_BACKEND)
+    config = tmp_path / "c.toml"
+    config.write_text('[plugins]\nsearch_paths = ["plugs"]\n[backend]\nbackend = "engineless.EnginelessBackend"\n'
+                      '[model]\nlora_rank = 8\n')
+    result = explain(config, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "backend 'engineless.EnginelessBackend' has no in-process engine" in result.stderr

@@ -52,6 +52,50 @@ def test_runs_sharing_a_fixed_adapter_path_are_refused(tmp_path: Path, retrain_c
     assert resumed.returncode == 0, describe(resumed)
 
 
+def test_an_adapter_folder_of_a_run_still_starting_is_refused(tmp_path: Path, retrain_cache: Path) -> None:
+    # The other run holds its lock but has not written a checkpoint or snapshot yet.
+    workdir = workdir_with_default_config(tmp_path)
+    other = workdir / "logs/other"
+    other.mkdir(parents=True)
+    shared = workdir / "shared_adapter"
+    shared.mkdir()
+    (shared / ".retrain-run").write_text(f"{other.resolve()}\n")
+    with open(other / ".retrain.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run_retrain(workdir, retrain_cache, "--max-steps", "1", "--backend-adapter-path", str(shared))
+    refused(result, "holds the adapters of the run in", "logs/other")
+    # Once that run is gone without a trace, the folder is free.
+    (other / ".retrain.lock").unlink()
+    other.rmdir()
+    free = run_retrain(workdir, retrain_cache, "--max-steps", "1", "--backend-adapter-path", str(shared))
+    assert free.returncode == 0, describe(free)
+
+
+def test_the_adapter_folder_inside_another_runs_log_dir_is_refused(tmp_path: Path, retrain_cache: Path) -> None:
+    workdir = workdir_with_default_config(tmp_path)
+    first = run_retrain(workdir, retrain_cache, "--max-steps", "1", "--log-dir", "logs/a",
+                        "--backend-adapter-path", "logs/a/adapter")
+    assert first.returncode == 0, describe(first)
+    second = run_retrain(workdir, retrain_cache, "--max-steps", "1", "--log-dir", "logs/b",
+                         "--backend-adapter-path", "logs/a/adapter")
+    refused(second, "holds the adapters of the run in", "logs/a")
+
+
+def test_a_copied_run_sharing_a_fixed_adapter_path_resumes_into_a_folder_of_its_own(tmp_path: Path,
+                                                                                    retrain_cache: Path) -> None:
+    import shutil
+
+    workdir = workdir_with_default_config(tmp_path)
+    shared = str(tmp_path / "fixed_adapter")
+    first = run_retrain(workdir, retrain_cache, "--max-steps", "1", "--log-dir", "fa", "--backend-adapter-path", shared)
+    assert first.returncode == 0, describe(first)
+    shutil.copytree(workdir / "fa", workdir / "fb")
+    refused(run_retrain(workdir, retrain_cache, "--resume", "fb", "--max-steps", "2"), "--backend-adapter-path DIR")
+    moved = run_retrain(workdir, retrain_cache, "--resume", "fb", "--max-steps", "2", "--backend-adapter-path", "fb/adapter")
+    assert moved.returncode == 0, describe(moved)
+    assert (workdir / "fb/adapter/final").is_dir()
+
+
 @pytest.mark.parametrize("flag", ["--log-dir", "--backend-adapter-path"])
 def test_an_output_folder_that_cannot_be_created_is_a_clean_error(tmp_path: Path, retrain_cache: Path,
                                                                   flag: str) -> None:
@@ -66,13 +110,20 @@ def test_an_output_folder_that_cannot_be_created_is_a_clean_error(tmp_path: Path
     ('{"version": 1, "step": 2}', "damaged (seed, checkpoint, data, credit, rng missing"),
     ('{"version": 1, "step": "2", "seed": 0, "checkpoint": "c", "data": {}, "credit": {}, "rng": {}}',
      "damaged (step missing"),
+    ('{"version": 1, "step": -5, "seed": 0, "checkpoint": "c", "data": {}, "credit": {}, "rng": {}}',
+     "damaged (step missing"),
+    (None, "is damaged (KeyError: "),  # the real state with its nested tables emptied
 ])
-def test_a_damaged_trainer_state_is_a_clean_error(tmp_path: Path, retrain_cache: Path, state: str,
+def test_a_damaged_trainer_state_is_a_clean_error(tmp_path: Path, retrain_cache: Path, state: str | None,
                                                  phrase: str) -> None:
     workdir = workdir_with_default_config(tmp_path)
     done = run_retrain(workdir, retrain_cache, "--max-steps", "1")
     assert done.returncode == 0, describe(done)
-    (workdir / DEFAULT_LOG_DIR / "trainer_state.json").write_text(state)
+    path = workdir / DEFAULT_LOG_DIR / "trainer_state.json"
+    if state is None:
+        real = json.loads(path.read_text())
+        state = json.dumps({**real, "credit": {}, "rng": {}, "data": {}})
+    path.write_text(state)
     refused(run_retrain(workdir, retrain_cache, "--resume", str(DEFAULT_LOG_DIR), "--max-steps", "2"), phrase)
 
 
@@ -138,6 +189,8 @@ def test_an_engine_plugin_loads_the_weights_of_every_update_and_after_resume(tmp
     log_dir = workdir / DEFAULT_LOG_DIR
     loads = read_jsonl_strict(log_dir / "engine_loads.jsonl")
     assert [load["version"] for load in loads] == [1, 2, 3]
+    # Absolute: an engine in another process resolves paths from its own directory.
+    assert all(Path(load["path"]).is_absolute() for load in loads)
     rows = read_jsonl_strict(log_dir / "metrics.jsonl")
     # The engine sampled step k with the weights of update k - 1: on-policy.
     assert [row["policy_version"] for row in rows] == [1, 2, 3]
@@ -148,3 +201,21 @@ def test_an_engine_plugin_loads_the_weights_of_every_update_and_after_resume(tmp
     assert resumed.returncode == 0, describe(resumed)
     assert [load["version"] for load in read_jsonl_strict(log_dir / "engine_loads.jsonl")][3:] == [3, 4]
     assert json.loads((log_dir / "trainer_state.json").read_text())["policy_version"] == 4
+
+
+def test_a_resumed_run_finds_plugins_next_to_the_original_config(tmp_path: Path, retrain_cache: Path) -> None:
+    # The resumed run loads its snapshot from the log folder; relative search paths in it
+    # would point there, so the snapshot records them as absolute paths.
+    workdir = workdir_with_default_config(tmp_path)
+    project = workdir / "project"
+    (project / "plugs").mkdir(parents=True)
+    (project / "plugs" / "digit_reward.py").write_text(
+        "def score(completion, reference):\n    return float(completion.strip() == reference)\n")
+    (project / "c.toml").write_text((workdir / "retrain.toml").read_text())
+    flags = ["--search-paths", "plugs", "--reward-type", "custom", "--reward.custom_module", "digit_reward"]
+    first = run_retrain(workdir, retrain_cache, "project/c.toml", "--max-steps", "1", "--log-dir", "L1", *flags)
+    assert first.returncode == 0, describe(first)
+    resumed = run_retrain(workdir, retrain_cache, "--resume", "L1", "--max-steps", "2")
+    assert resumed.returncode == 0, describe(resumed)
+    explicit = run_retrain(workdir, retrain_cache, "project/c.toml", "--resume", "L1", "--max-steps", "3", *flags)
+    assert explicit.returncode == 0, describe(explicit)

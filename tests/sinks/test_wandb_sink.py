@@ -136,6 +136,29 @@ def test_a_resumed_run_rewinds_wandb_to_the_checkpoint_step(tmp_path, monkeypatc
     assert [(step, items["reward_mean"]) for step, items in history] == [(4, 4), (5, 5), (6, 6)]
 
 
+@pytest.mark.integration
+def test_extending_a_finished_run_continues_wandb_without_a_rewind(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = Config(logging=LoggingConfig(log_dir=str(tmp_path / "logs"), wandb_project="retrain-tests"))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "first"))
+    first = build_sinks(config, total_steps=3)
+    for step in range(1, 4):
+        first.log_step({"step": step, "reward_mean": step / 10})
+    run_id = first.wandb_run_id
+    first.close()
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "extended"))
+    extended = build_sinks(config, total_steps=5, completed=3, wandb_run_id=run_id)
+    for step in (4, 5):
+        extended.log_step({"step": step, "reward_mean": step})
+    extended.close()
+    [second] = (tmp_path / "extended" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    branch_point, history = _history(second)
+    assert not branch_point.run  # nothing was redone, so nothing to rewind
+    assert [step for step, _ in history] == [4, 5]
+
+
 class _FakeRun:
     def __init__(self, run_id: str) -> None:
         self.id = run_id
