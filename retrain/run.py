@@ -1,6 +1,6 @@
 """A training run: resolve every component, then loop RL steps with checkpoints and logs.
 
-``plan_run`` resolves every plugin and checks every combination without loading a model
+``plan_run`` (retrain/plan.py) resolves every plugin and checks every combination without loading a model
 (``retrain explain`` prints the plan); ``build_run`` then builds the heavy parts;
 ``train`` loops ``rl_step`` (retrain/step.py), writes one metrics row per step and a
 checkpoint every ``save_every`` steps and at the end.
@@ -20,7 +20,6 @@ the step in progress, checkpoints it and stops (docs/checkpoints.md).
 from __future__ import annotations
 
 import dataclasses
-import errno
 import importlib.util
 import json
 import logging
@@ -32,129 +31,21 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
-from retrain import registry_names
 from retrain.atomic import write_atomic
 from retrain.config.loader import ResolvedConfig, load_config, replace_setting
-from retrain.config.rules import not_in_this_version
 from retrain.config.schema import Config
 from retrain.config.snapshot import config_to_dict, write_snapshot
-from retrain.errors import ConfigError, ConfigIssue, PluginError, RetrainError
+from retrain.errors import RetrainError
+from retrain.plan import RunPlan, check_capabilities, config_base_dir, plan_run
 from retrain.registry import resolve
+from retrain.run_dirs import CONFIG_FILE, STATE_FILE, adapter_dir, claim_output_dirs
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.json"
-CONFIG_FILE = "config.toml"
 STATE_VERSION = 1
-
-
-@dataclass
-class RunPlan:
-    """Every component of a run, resolved (where each came from) but not yet built."""
-
-    resolved: ResolvedConfig
-    config: Config
-    base_dir: Path
-    components: dict[str, dict[str, str]]
-    credit: object  # retrain.credit.CreditPipeline
-
-    def describe(self) -> dict[str, object]:
-        return {"components": self.components, "credit": self.credit.describe()}  # type: ignore[attr-defined]
-
-
-def config_base_dir(resolved: ResolvedConfig) -> Path:
-    """Relative plugin search paths are resolved from the config file's folder."""
-    return resolved.path.resolve().parent if resolved.path else Path.cwd()
-
-
-def plan_run(resolved: ResolvedConfig) -> RunPlan:
-    """Resolve and check everything a run needs, loading no model and touching no server."""
-    from retrain.credit import build_credit_pipeline
-
-    config = resolved.config
-    unavailable = not_in_this_version(config, resolved.sources)
-    if unavailable:
-        raise ConfigError(unavailable)
-    base_dir = config_base_dir(resolved)
-    components: dict[str, dict[str, str]] = {}
-    for kind, name in (("backend", config.backend.backend), ("engine", config.inference.engine),
-                       ("data", config.data.source), ("reward", config.reward.type)):
-        components[kind] = {"name": name, "origin": locate(kind, name, config, base_dir)}
-    if config.reward.type == "custom":
-        components["reward"]["origin"] = locate_custom_reward(config, base_dir)
-    credit = build_credit_pipeline(config, base_dir)
-    credit.probe()
-    if credit.needs_planning:
-        plugin = resolve("planning", config.planning.detector, config.plugins, base_dir)
-        components["planning"] = {"name": config.planning.detector, "origin": plugin.origin}
-    if config.backend.backend not in registry_names.BACKENDS:
-        # A plugin backend is already imported: check what it declares before any model loads.
-        backend_class = resolve("backend", config.backend.backend, config.plugins, base_dir).obj
-        check_capabilities(backend_class, config, credit, resuming=bool(config.resume.from_))
-    problems = preflight_issues(config, needs_planning=credit.needs_planning)
-    if problems:
-        raise ConfigError([dataclasses.replace(issue, where=issue.where or resolved.sources.get((issue.section, issue.key), ""))
-                           for issue in problems])
-    return RunPlan(resolved, config, base_dir, components, credit)
-
-
-# (module, extra, section, key, feature) of the optional packages a setting needs.
-def _needed_packages(config: Config, needs_planning: bool) -> list[tuple[str, str, str, str, str]]:
-    needed = []
-    if config.reward.type == "math":
-        needed.append(("math_verify", "math", "reward", "type", "type = \"math\""))
-    if config.data.source == "math" and not config.data.path:
-        needed.append(("datasets", "local", "data", "source", "source = \"math\" from the hub"))
-    if config.logging.wandb_project:
-        needed.append(("wandb", "wandb", "logging", "wandb_project", "wandb logging"))
-    if needs_planning and config.planning.detector == "semantic":
-        needed.append(("sentence_transformers", "semantic", "planning", "detector", "detector = \"semantic\""))
-    return needed
-
-
-def preflight_issues(config: Config, needs_planning: bool) -> list[ConfigIssue]:
-    """Cheap checks of what a run will read — files, optional packages, planning grams —
-    so ``retrain explain`` finds them instead of a run after its model has loaded."""
-    from retrain.planning import parse_strategic_grams
-
-    issues = []
-    for module, extra, section, key, feature in _needed_packages(config, needs_planning):
-        if importlib.util.find_spec(module) is None:
-            issues.append(ConfigIssue("", section, key, f"{feature} needs the Python package '{module}', which is "
-                                      "not installed", f"install it with: pip install 'retrain[{extra}]'"))
-    data = config.data
-    if data.source == "jsonl" and data.path and not Path(data.path).is_file():
-        issues.append(ConfigIssue("", "data", "path", f"{data.path} is not a file",
-                                  "fix the path (relative paths start at the current directory)"))
-    if needs_planning and config.planning.detector == "regex":
-        try:
-            parse_strategic_grams(config.logging.strategic_grams)
-        except ConfigError as exc:
-            issues.extend(exc.issues)
-    return issues
-
-
-def locate(kind: str, name: str, config: Config, base_dir: Path) -> str:
-    """Where a component comes from, checked without importing heavy built-in modules
-    (a built-in backend imports torch); a dotted-path plugin is imported and checked."""
-    if name in registry_names.BUILTINS[kind]:
-        return "built-in"  # not_in_this_version has checked that its module exists
-    return resolve(kind, name, config.plugins, base_dir).origin
-
-
-def locate_custom_reward(config: Config, base_dir: Path) -> str:
-    """Import the ``[reward] custom_module`` function and check its signature, so a
-    missing module or a wrong signature shows up in ``retrain explain``."""
-    from retrain.rewards.custom import check_reward_function
-
-    label = f"{config.reward.custom_module}.{config.reward.custom_function}"
-    plugin = resolve("reward", label, config.plugins, base_dir)
-    check_reward_function(plugin.obj, label)
-    return plugin.origin
 
 
 def build_reward(config: Config, base_dir: Path) -> object:
@@ -239,11 +130,6 @@ class Run:
     start_step: int = 1
 
 
-def adapter_dir(config: Config) -> Path:
-    """``[backend] adapter_path``, with ``{log_dir}`` replaced by ``[logging] log_dir``."""
-    return Path(config.backend.adapter_path.replace("{log_dir}", config.logging.log_dir))
-
-
 def effective_seed(config: Config) -> int:
     """``[training] seed``, or a fresh random one when it is -1 (recorded in the snapshot)."""
     if config.training.seed >= 0:
@@ -260,21 +146,6 @@ def seed_global_rngs(seed: int) -> None:
         import torch
 
         torch.manual_seed(seed)  # every CUDA device too
-
-
-def check_capabilities(backend: object, config: Config, credit: object, resuming: bool) -> None:
-    """What the run asks of the backend against what it declares (``capabilities``)."""
-    capabilities = backend.capabilities  # type: ignore[attr-defined]
-    name = config.backend.backend
-    if config.inference.engine == "pytorch" and not capabilities.in_process_engine:
-        raise PluginError(f"backend '{name}' has no in-process engine, which [inference] engine = \"pytorch\" "
-                          "asks for — choose an engine that runs on its own (an engine plugin or server)")
-    if credit.needs_entropies and not capabilities.supports_entropies:  # type: ignore[attr-defined]
-        raise PluginError(f"the credit pipeline needs per-token entropies, which backend '{name}' cannot supply — "
-                          "choose another uncertainty_kind (surprisal, predictive_variance)")
-    if resuming and not capabilities.exact_resume:
-        logger.warning("backend '%s' does not restore every piece of its state: the resumed run will not "
-                       "repeat the uninterrupted one exactly", name)
 
 
 def build_run(plan: RunPlan, resume_state: dict[str, object] | None = None) -> Run:
@@ -431,91 +302,6 @@ class RunSummary:
     final_adapter: Path
     steps: int
     last_row: dict[str, object]
-
-
-LOCK_FILE = ".retrain.lock"
-OWNER_FILE = ".retrain-run"
-
-
-def claim_output_dirs(config: Config, resuming: bool) -> IO[str]:
-    """Create ``log_dir`` and the adapter folder and claim them for this run.
-
-    Returns the open lock file; the run holds an exclusive ``flock`` on it until it ends,
-    so two processes never append to one run. The adapter folder records which run owns
-    it: several runs sharing one ``adapter_path`` (a fixed path such as the default
-    ``/tmp/retrain_adapter``) would overwrite each other's checkpoints.
-    """
-    import fcntl
-
-    log_dir = Path(config.logging.log_dir)
-    if not resuming and (log_dir / STATE_FILE).exists():
-        raise RetrainError(
-            f"{log_dir} already holds a run (it has {STATE_FILE}); nothing was changed — continue it with "
-            f"`--resume {log_dir}`, or choose another --log-dir"
-        )
-    try:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(log_dir / LOCK_FILE, "a")  # noqa: SIM115 - held open for the whole run
-    except OSError as exc:
-        raise RetrainError(f"cannot use [logging] log_dir {log_dir}: {exc.strerror or exc} — "
-                           "choose a folder this user can create and write to") from exc
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise RetrainError(f"another retrain process is running in {log_dir} — let it finish (or stop it), "
-                           "or choose another --log-dir") from None
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
-            lock.close()
-            raise
-        # Some network filesystems have no flock; running unlocked beats not running.
-        logger.warning("the filesystem of %s cannot lock files (%s); make sure no other retrain process uses "
-                       "this folder", log_dir, exc.strerror)
-    try:
-        _claim_adapter_dir(adapter_dir(config), log_dir)
-    except BaseException:
-        lock.close()
-        raise
-    return lock
-
-
-def _claim_adapter_dir(adapters: Path, log_dir: Path) -> None:
-    owner_file = adapters / OWNER_FILE
-    me = log_dir.resolve()
-    try:
-        adapters.mkdir(parents=True, exist_ok=True)
-        owner = owner_file.read_text().strip() if owner_file.is_file() else ""
-        # A folder inside this run's own log_dir (e.g. "{log_dir}/adapter") is its own,
-        # even when the marker still names the run this folder was copied from.
-        inside_mine = adapters.resolve().is_relative_to(me)
-        if owner and Path(owner) != me and not inside_mine and _run_exists(Path(owner)):
-            raise RetrainError(
-                f"[backend] adapter_path {adapters} holds the adapters of the run in {owner}, which this run would "
-                "overwrite — give each run its own folder: adapter_path = \"{log_dir}/adapter\" (a resumed run "
-                "may move its adapters with --backend-adapter-path DIR)"
-            )
-        write_atomic(owner_file, f"{me}\n")
-    except OSError as exc:
-        raise RetrainError(f"cannot write [backend] adapter_path {adapters}: {exc.strerror or exc} — "
-                           "choose a folder this user can create and write to") from exc
-
-
-def _run_exists(log_dir: Path) -> bool:
-    """Whether ``log_dir`` holds a run: one that has checkpointed or started, or one
-    that is running now (it holds the lock, possibly before writing anything else)."""
-    if (log_dir / STATE_FILE).exists() or (log_dir / CONFIG_FILE).exists():
-        return True
-    import fcntl
-
-    try:
-        with open(log_dir / LOCK_FILE) as lock:
-            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except FileNotFoundError:
-        return False
-    except BlockingIOError:
-        return True
-    return False
 
 
 # Settings a resumed run may change: they decide how long it runs, what it logs and where,

@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
         return 0
     args = parse_run_args(argv, COMMAND_OPTIONS)
     resolved = resolve_config(args.config or DEFAULT_CONFIG, args.overrides)
-    from retrain.run import plan_run
+    from retrain.plan import plan_run
 
     plan = plan_run(resolved).describe()
     if args.options.get("--json"):

@@ -78,7 +78,8 @@ def bench_retrain(model_dir: Path, model_name: str, max_tokens: int, steps: int)
     assignment, batch assembly, weight sync, metrics and logging."""
     from retrain.config.loader import resolve_config
     from retrain.metrics import metrics_row
-    from retrain.run import build_run, plan_run
+    from retrain.plan import plan_run
+    from retrain.run import build_run
     from retrain.step import rl_step
 
     with tempfile.TemporaryDirectory() as folder:

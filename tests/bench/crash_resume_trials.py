@@ -43,8 +43,8 @@ from cli_runs import (  # noqa: E402
     workdir_with_default_config,
 )
 
-# The lock a run holds on its folder stays there, by design.
-LOCK_FILE = ".retrain.lock"
+from retrain.run_dirs import LOCK_FILE  # noqa: E402  (the run's lock stays in its folder, by design)
+
 MAX_KILLS_PER_TRIAL = 3
 KILL_AGAIN_PROBABILITY = 0.4
 

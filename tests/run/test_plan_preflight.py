@@ -72,7 +72,7 @@ def test_what_a_run_asks_of_a_backend_is_checked_against_its_capabilities(caplog
     from retrain.config.schema import AlgorithmConfig, Config, InferenceConfig
     from retrain.credit import build_credit_pipeline
     from retrain.errors import PluginError
-    from retrain.run import check_capabilities
+    from retrain.plan import check_capabilities
 
     config = Config()
     credit = build_credit_pipeline(config)
@@ -84,7 +84,7 @@ def test_what_a_run_asks_of_a_backend_is_checked_against_its_capabilities(caplog
     entropy = dataclasses.replace(config, algorithm=AlgorithmConfig(uncertainty_kind="shannon_entropy"))
     with pytest.raises(PluginError, match="needs per-token entropies"):
         check_capabilities(FakeBackend(supports_entropies=False), entropy, build_credit_pipeline(entropy), resuming=False)
-    with caplog.at_level("WARNING", logger="retrain.run"):
+    with caplog.at_level("WARNING", logger="retrain.plan"):
         check_capabilities(FakeBackend(exact_resume=False), config, credit, resuming=True)
     assert "will not repeat the uninterrupted one exactly" in caplog.text
 
@@ -96,7 +96,7 @@ RUNNABLE = sorted([REPO / "retrain.toml", *REPO.glob("configs/*.toml"),
 @pytest.mark.parametrize("path", RUNNABLE, ids=[str(p.relative_to(REPO)) for p in RUNNABLE])
 def test_every_shipped_run_config_plans_without_warnings(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from retrain.config.loader import resolve_config
-    from retrain.run import plan_run
+    from retrain.plan import plan_run
 
     monkeypatch.chdir(REPO)  # data paths in configs/ are relative to the repository
     resolved = resolve_config(path, environ={})
@@ -107,7 +107,7 @@ def test_every_shipped_run_config_plans_without_warnings(path: Path, monkeypatch
 def test_campaign_files_load_but_are_refused_by_this_version() -> None:
     from retrain.config.loader import resolve_config
     from retrain.errors import ConfigError
-    from retrain.run import plan_run
+    from retrain.plan import plan_run
 
     for path in [*REPO.glob("campaigns/*.toml"), REPO / "retrain/templates/campaign.toml"]:
         with pytest.raises(ConfigError, match="campaigns .* are not part of this version"):

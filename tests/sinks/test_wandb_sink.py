@@ -106,55 +106,47 @@ def _history(run_file) -> tuple[object, list[tuple[int, dict[str, object]]]]:
     return branch_point, history
 
 
-@pytest.mark.integration
-def test_a_resumed_run_rewinds_wandb_to_the_checkpoint_step(tmp_path, monkeypatch):
+def _offline_attempt(tmp_path, monkeypatch, name: str, config: Config, steps: range, total_steps: int,
+                     completed: int = 0, run_id: str | None = None) -> tuple[str, object, list]:
+    """Log ``steps`` through the sinks of one attempt of a run (offline wandb, in its own
+    WANDB_DIR: two offline runs of one id started in the same second would share a folder
+    name); the run id, and the branch point and history of its wandb run file."""
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / name))
+    sinks = build_sinks(config, total_steps=total_steps, completed=completed, wandb_run_id=run_id)
+    for step in steps:
+        sinks.log_step({"step": step, "reward_mean": step / 10})
+    run_id = sinks.wandb_run_id
+    sinks.close()
+    [run_file] = (tmp_path / name / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    return (run_id, *_history(run_file))
+
+
+@pytest.fixture
+def offline_config(tmp_path, monkeypatch) -> Config:
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    config = Config(logging=LoggingConfig(log_dir=str(tmp_path / "logs"), wandb_project="retrain-tests"))
-    # The crashed attempt checkpointed step 3 and logged up to step 5. (Each attempt gets
-    # its own WANDB_DIR: two offline runs of one id started in the same second would
-    # share a folder name.)
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "crashed"))
-    crashed = build_sinks(config, total_steps=6)
-    for step in range(1, 6):
-        crashed.log_step({"step": step, "reward_mean": step / 10})
-    run_id = crashed.wandb_run_id
-    crashed.close()
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "resumed"))
-    resumed = build_sinks(config, total_steps=6, completed=3, wandb_run_id=run_id)
-    assert resumed.wandb_run_id == run_id
-    for step in range(4, 7):
-        resumed.log_step({"step": step, "reward_mean": step})
-    resumed.close()
-    [first] = (tmp_path / "crashed" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
-    [second] = (tmp_path / "resumed" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
-    assert [step for step, _ in _history(first)[1]] == [1, 2, 3, 4, 5]
-    branch_point, history = _history(second)
+    return Config(logging=LoggingConfig(log_dir=str(tmp_path / "logs"), wandb_project="retrain-tests"))
+
+
+@pytest.mark.integration
+def test_a_resumed_run_rewinds_wandb_to_the_checkpoint_step(tmp_path, monkeypatch, offline_config):
+    # The crashed attempt checkpointed step 3 and logged up to step 5.
+    run_id, _, crashed = _offline_attempt(tmp_path, monkeypatch, "crashed", offline_config, range(1, 6), 6)
+    assert [step for step, _ in crashed] == [1, 2, 3, 4, 5]
+    resumed_id, branch_point, history = _offline_attempt(tmp_path, monkeypatch, "resumed", offline_config,
+                                                         range(4, 7), 6, completed=3, run_id=run_id)
+    assert resumed_id == run_id
     assert (branch_point.run, branch_point.metric, branch_point.value) == (run_id, "_step", 3)
     # Every redone step is recorded (none dropped as out of order), in increasing order.
-    assert [(step, items["reward_mean"]) for step, items in history] == [(4, 4), (5, 5), (6, 6)]
+    assert [(step, items["reward_mean"]) for step, items in history] == [(4, 0.4), (5, 0.5), (6, 0.6)]
 
 
 @pytest.mark.integration
-def test_extending_a_finished_run_continues_wandb_without_a_rewind(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    config = Config(logging=LoggingConfig(log_dir=str(tmp_path / "logs"), wandb_project="retrain-tests"))
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "first"))
-    first = build_sinks(config, total_steps=3)
-    for step in range(1, 4):
-        first.log_step({"step": step, "reward_mean": step / 10})
-    run_id = first.wandb_run_id
-    first.close()
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "extended"))
-    extended = build_sinks(config, total_steps=5, completed=3, wandb_run_id=run_id)
-    for step in (4, 5):
-        extended.log_step({"step": step, "reward_mean": step})
-    extended.close()
-    [second] = (tmp_path / "extended" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
-    branch_point, history = _history(second)
+def test_extending_a_finished_run_continues_wandb_without_a_rewind(tmp_path, monkeypatch, offline_config):
+    run_id, _, _ = _offline_attempt(tmp_path, monkeypatch, "first", offline_config, range(1, 4), 3)
+    _, branch_point, history = _offline_attempt(tmp_path, monkeypatch, "extended", offline_config, range(4, 6), 5,
+                                                completed=3, run_id=run_id)
     assert not branch_point.run  # nothing was redone, so nothing to rewind
     assert [step for step, _ in history] == [4, 5]
 

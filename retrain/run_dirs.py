@@ -1,0 +1,107 @@
+"""The folders a run writes, and claiming them: a run locks its ``log_dir`` for as long
+as it runs and records itself in an adapter folder outside it, so two runs never write
+into one folder (docs/checkpoints.md, "One run per folder")."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from pathlib import Path
+from typing import IO
+
+from retrain.atomic import write_atomic
+from retrain.config.schema import Config
+from retrain.errors import RetrainError
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+CONFIG_FILE = "config.toml"
+LOCK_FILE = ".retrain.lock"
+OWNER_FILE = ".retrain-run"
+
+
+def claim_output_dirs(config: Config, resuming: bool) -> IO[str]:
+    """Create ``log_dir`` and the adapter folder and claim them for this run.
+
+    Returns the open lock file; the run holds an exclusive ``flock`` on it until it ends,
+    so two processes never append to one run. The adapter folder records which run owns
+    it: several runs sharing one ``adapter_path`` (a fixed path such as the default
+    ``/tmp/retrain_adapter``) would overwrite each other's checkpoints.
+    """
+    import fcntl
+
+    log_dir = Path(config.logging.log_dir)
+    if not resuming and (log_dir / STATE_FILE).exists():
+        raise RetrainError(
+            f"{log_dir} already holds a run (it has {STATE_FILE}); nothing was changed — continue it with "
+            f"`--resume {log_dir}`, or choose another --log-dir"
+        )
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(log_dir / LOCK_FILE, "a")  # noqa: SIM115 - held open for the whole run
+    except OSError as exc:
+        raise RetrainError(f"cannot use [logging] log_dir {log_dir}: {exc.strerror or exc} — "
+                           "choose a folder this user can create and write to") from exc
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise RetrainError(f"another retrain process is running in {log_dir} — let it finish (or stop it), "
+                           "or choose another --log-dir") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
+            lock.close()
+            raise
+        # Some network filesystems have no flock; running unlocked beats not running.
+        logger.warning("the filesystem of %s cannot lock files (%s); make sure no other retrain process uses "
+                       "this folder", log_dir, exc.strerror)
+    try:
+        _claim_adapter_dir(adapter_dir(config), log_dir)
+    except BaseException:
+        lock.close()
+        raise
+    return lock
+
+
+def _claim_adapter_dir(adapters: Path, log_dir: Path) -> None:
+    owner_file = adapters / OWNER_FILE
+    me = log_dir.resolve()
+    try:
+        adapters.mkdir(parents=True, exist_ok=True)
+        owner = owner_file.read_text().strip() if owner_file.is_file() else ""
+        # A folder inside this run's own log_dir (e.g. "{log_dir}/adapter") is its own,
+        # even when the marker still names the run this folder was copied from.
+        inside_mine = adapters.resolve().is_relative_to(me)
+        if owner and Path(owner) != me and not inside_mine and _run_exists(Path(owner)):
+            raise RetrainError(
+                f"[backend] adapter_path {adapters} holds the adapters of the run in {owner}, which this run would "
+                "overwrite — give each run its own folder: adapter_path = \"{log_dir}/adapter\" (a resumed run "
+                "may move its adapters with --backend-adapter-path DIR)"
+            )
+        write_atomic(owner_file, f"{me}\n")
+    except OSError as exc:
+        raise RetrainError(f"cannot write [backend] adapter_path {adapters}: {exc.strerror or exc} — "
+                           "choose a folder this user can create and write to") from exc
+
+
+def _run_exists(log_dir: Path) -> bool:
+    """Whether ``log_dir`` holds a run: one that has checkpointed or started, or one
+    that is running now (it holds the lock, possibly before writing anything else)."""
+    if (log_dir / STATE_FILE).exists() or (log_dir / CONFIG_FILE).exists():
+        return True
+    import fcntl
+
+    try:
+        with open(log_dir / LOCK_FILE) as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+    return False
+
+
+def adapter_dir(config: Config) -> Path:
+    """``[backend] adapter_path``, with ``{log_dir}`` replaced by ``[logging] log_dir``."""
+    return Path(config.backend.adapter_path.replace("{log_dir}", config.logging.log_dir))
