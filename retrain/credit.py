@@ -484,6 +484,7 @@ def synthetic_batch(num_prompts: int = 2, group_size: int = 4, max_tokens: int =
         group_size=group_size,
         token_ids_N_T=token_ids.astype(np.int64),
         mask_N_T=mask,
+        loss_mask_N_T=mask.copy(),
         logprobs_N_T=logprobs,
         finish_reasons=["stop" if length < max_tokens else "length" for length in lengths],
         texts=texts,

@@ -144,6 +144,7 @@ def concat_samples(batches: list[SampleBatch], rows: list[np.ndarray], keep_P: l
         group_size=batches[0].group_size,
         token_ids_N_T=np.concatenate([_pad_to(b.token_ids_N_T[r], width) for b, r in zip(batches, rows)]),
         mask_N_T=np.concatenate([_pad_to(b.mask_N_T[r], width) for b, r in zip(batches, rows)]),
+        loss_mask_N_T=np.concatenate([_pad_to(b.loss_mask_N_T[r], width) for b, r in zip(batches, rows)]),
         logprobs_N_T=np.concatenate([_pad_to(b.logprobs_N_T[r], width) for b, r in zip(batches, rows)]),
         finish_reasons=[b.finish_reasons[i] for b, r in zip(batches, rows) for i in r],
         texts=[b.texts[i] for b, r in zip(batches, rows) for i in r],

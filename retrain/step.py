@@ -61,6 +61,7 @@ def informative_train_batch(samples: SampleBatch, credit: CreditResult, temperat
         prompt_token_ids=samples.prompt_token_ids,
         token_ids_N_T=samples.token_ids_N_T[rows_N],
         mask_N_T=samples.mask_N_T[rows_N],
+        loss_mask_N_T=samples.loss_mask_N_T[rows_N],
         sampler_logprobs_N_T=samples.logprobs_N_T[rows_N],
         token_advantages_N_T=credit.token_advantages_N_T[rows_N],
         prompt_index_N=rows_N // group_size,

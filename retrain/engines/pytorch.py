@@ -222,6 +222,7 @@ class PyTorchEngine:
             group_size=n,
             token_ids_N_T=token_ids_N_T,
             mask_N_T=mask_N_T,
+            loss_mask_N_T=mask_N_T,
             logprobs_N_T=logprobs_N_T,
             finish_reasons=["stop" if flag else "length" for flag in stopped.cpu().tolist()],
             texts=texts,

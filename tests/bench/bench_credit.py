@@ -56,6 +56,7 @@ def make_batch(seed: int = 0) -> SampleBatch:
         group_size=GROUP,
         token_ids_N_T=rng.integers(0, 50_000, size=(rows, TOKENS)),
         mask_N_T=np.ones((rows, TOKENS), dtype=bool),
+        loss_mask_N_T=np.ones((rows, TOKENS), dtype=bool),
         logprobs_N_T=(-rng.exponential(0.7, size=(rows, TOKENS))).astype(np.float32),
         finish_reasons=["length"] * rows,
         texts=texts,

@@ -127,6 +127,7 @@ def ragged_batch(rows: list[list[float]], group_size: int, entropies: list[list[
         group_size=group_size,
         token_ids_N_T=np.zeros((count, width), dtype=np.int64),
         mask_N_T=mask,
+        loss_mask_N_T=mask.copy(),
         logprobs_N_T=logprobs,
         finish_reasons=["stop"] * count,
         texts=["" for _ in rows],

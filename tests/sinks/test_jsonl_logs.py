@@ -158,6 +158,7 @@ def _batch(texts: list[str], group_size: int) -> SampleBatch:
         group_size=group_size,
         token_ids_N_T=np.zeros((count, width), dtype=np.int64),
         mask_N_T=mask,
+        loss_mask_N_T=mask,
         logprobs_N_T=np.zeros((count, width)),
         finish_reasons=["stop" if length < width else "length" for length in lengths],
         texts=texts,
