@@ -199,7 +199,11 @@ CONTRACTS: dict[str, KindContract] = {
         "function", 2, {}, "def f(ctx: TransformContext, params) -> np.ndarray | TransformOutput  # [N, T]"
     ),
     "algorithm": KindContract("function", 2, {}, "def f(ctx: AlgorithmContext, params) -> AlgorithmOutput"),
-    "reward": KindContract("callable", 0, {}, "see [reward] custom_module / custom_function"),
+    "reward": KindContract(
+        "function", 2, {},
+        "def score(completion: str, reference: str, example: Example = None) -> float  "
+        "([reward] custom_module / custom_function)",
+    ),
     "data": KindContract("class", 1, {"examples": 0}, "class S: __init__(self, config); examples(self) -> list[Example]"),
     "planning": KindContract(
         "class", 1, {"detect": 2},
@@ -207,16 +211,18 @@ CONTRACTS: dict[str, KindContract] = {
     ),
     "backend": KindContract(
         "class", 1,
-        {"encode_prompt": 1, "train_step": 1, "save_adapter": 1, "save_state": 1, "load_state": 1, "engine": 0,
-         "sync_engine_weights": 0, "shutdown": 0},
-        "class B: __init__(self, config); capabilities; encode_prompt(messages) -> list[int]; "
-        "train_step(batch) -> TrainResult; save_adapter(path); save_state(directory); load_state(directory); "
-        "engine(); sync_engine_weights() -> int; shutdown()",
+        {"capabilities": 1, "encode_prompt": 1, "train_step": 1, "publish": 2, "save_adapter": 1, "save_state": 1,
+         "load_state": 1, "close": 0},
+        "class B: __init__(self, config); @classmethod capabilities(cls, config) -> BackendCapabilities; "
+        "policy_version: int; encode_prompt(messages) -> list[int]; train_step(batch) -> TrainResult; "
+        "publish(kind, directory) -> PolicyRef; save_adapter(path); save_state(directory); load_state(directory); "
+        "close()",
     ),
     "engine": KindContract(
-        "class", 1, {"generate": 5, "load_adapter": 2},
-        "class E: __init__(self, config); generate(prompt_token_ids, n, max_tokens, temperature, top_p, "
-        "want_entropies=False) -> SampleBatch; load_adapter(path, version)",
+        "class", 1, {"capabilities": 1, "generate": 2, "load": 1, "save_state": 1, "load_state": 1, "close": 0},
+        "class E: __init__(self, config); @classmethod capabilities(cls, config) -> EngineCapabilities; "
+        "policy_version: int; generate(prompt_token_ids, params: SamplingParams) -> SampleBatch; load(ref: PolicyRef); "
+        "save_state(directory); load_state(directory); close()",
     ),
 }
 
@@ -243,10 +249,10 @@ def check_shape(kind: str, name: str, obj: object, origin: str) -> None:
         raise PluginSignatureError(f"{where} is registered as a {spec.kind} plugin, so it cannot serve as the {kind}; {expected}")
     if not callable(obj):
         raise PluginSignatureError(f"{where} is a {type(obj).__name__}, not callable; {expected}")
-    if contract.shape == "callable":
-        return
     if contract.shape == "function" and isinstance(obj, type):
         raise PluginSignatureError(f"{where} is a class; {expected}")
+    if inspect.iscoroutinefunction(obj):
+        raise PluginSignatureError(f"{where} is async; write a plain def; {expected}")
     if not _binds(obj, contract.arguments):
         raise PluginSignatureError(f"{where} has the signature {name.rsplit('.', 1)[-1]}{_signature_text(obj)}; {expected}")
     if contract.shape == "class" and isinstance(obj, type):
@@ -254,7 +260,9 @@ def check_shape(kind: str, name: str, obj: object, origin: str) -> None:
             function = getattr(obj, method, None)
             if not callable(function):
                 raise PluginSignatureError(f"{where} has no method {method}(); {expected}")
-            if not _binds(function, arguments + 1):  # + self: looked up on the class
+            # Looked up on the class, a plain method still needs self; a classmethod is bound.
+            bound = isinstance(inspect.getattr_static(obj, method), (classmethod, staticmethod))
+            if not _binds(function, arguments if bound else arguments + 1):
                 raise PluginSignatureError(
                     f"{where}: {method}{_signature_text(function)} takes the wrong arguments; {expected}"
                 )
