@@ -26,7 +26,8 @@ class ConfigIssue:
 
     ``where`` is a location such as ``retrain.toml:12``, ``CLI --lr`` or
     ``env RETRAIN_TRAINING__LR``; ``section``/``key`` name the setting
-    (``key`` may be empty for a whole-section problem).
+    (``key`` may be empty for a whole-section problem). ``warning`` marks a valid
+    setting that has no effect, reported without stopping the run.
     """
 
     where: str
@@ -34,6 +35,7 @@ class ConfigIssue:
     key: str
     problem: str
     fix: str = ""
+    warning: bool = False
 
     def __str__(self) -> str:
         name = f"[{self.section}]" if self.section else ""

@@ -32,7 +32,6 @@ def metrics_row(record: StepRecord, step_time_s: float, skipped_updates: int) ->
     rewards = collected.rewards_P_G
     lengths_N = samples.lengths_N
     completion_tokens = int(lengths_N.sum())
-    trained = not record.train.skipped
     timings = {**collected.timings, **record.timings}
     compute_s = timings.get("sample_time_s", 0.0) + timings.get("train_time_s", 0.0)
     row: dict[str, object] = {
@@ -47,6 +46,7 @@ def metrics_row(record: StepRecord, step_time_s: float, skipped_updates: int) ->
         "groups_informative": int(record.credit.informative_P.sum()),
         "groups_dropped": int((~record.credit.informative_P).sum()),
         "completion_tokens": completion_tokens,
+        "sampled_tokens": int(samples.sampled_lengths_N.sum()),
         "completion_len_mean": float(lengths_N.mean()),
         "completion_len_max": int(lengths_N.max()) if lengths_N.size else 0,
         "truncated_rate": float(np.mean([reason == "length" for reason in samples.finish_reasons])),
@@ -54,7 +54,7 @@ def metrics_row(record: StepRecord, step_time_s: float, skipped_updates: int) ->
         "skipped": int(record.train.skipped),
         "skipped_updates": skipped_updates,
         "policy_version": record.policy_version,
-        "policy_staleness": max(0, record.policy_version - int(trained) - samples.policy_version),
+        "policy_staleness": record.staleness,
         **timings,
         "step_time_s": step_time_s,
         "overhead_time_s": max(0.0, step_time_s - compute_s),

@@ -1,37 +1,87 @@
-"""Planning a run: resolve every component and check every combination, loading no
-model and touching no server. ``retrain explain`` prints the plan; ``retrain.run``
-builds from it."""
+"""Planning a run: resolve every component once and check every combination, loading no
+model and touching no server. ``retrain explain`` prints the plan; ``retrain.run`` builds
+the run from it by calling the resolved factories with the config.
+
+What is checked, all problems reported together:
+
+- every configured name resolves (built-ins and dotted-path plugins) and has the shape
+  of its kind;
+- each backend and engine declares its ``capabilities`` for this config, and reports
+  its own problems with the config (``config_issues``, optional);
+- publication: the engine loads a kind of reference the backend publishes (the first
+  such kind in the engine's order of preference is used);
+- what the rest of the config asks of them: full fine-tuning (``lora_rank = 0``),
+  per-token entropies (``shannon_entropy``), component settings such as
+  ``[inference] url`` read by neither the backend nor the engine;
+- preflight: data files, optional packages, planning grams.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrain import registry_names
-from retrain.config.loader import ResolvedConfig
+from retrain.config.loader import ResolvedConfig, replace_setting
 from retrain.config.rules import not_in_this_version
-from retrain.config.schema import Config
+from retrain.config.schema import ALL_FIELDS, Config
+from retrain.credit import CreditPipeline, build_credit_pipeline
 from retrain.errors import ConfigError, ConfigIssue, PluginError
-from retrain.registry import resolve
+from retrain.registry import ResolvedPlugin, resolve
+from retrain.rewards.custom import CustomReward
+from retrain.types import (
+    Backend,
+    BackendCapabilities,
+    DataSource,
+    Engine,
+    EngineCapabilities,
+    PlanningDetector,
+    PolicyKind,
+    Reward,
+)
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a component comes from, for ``retrain explain``."""
+
+    name: str
+    origin: str
+
+
 @dataclass
 class RunPlan:
-    """Every component of a run, resolved (where each came from) but not yet built."""
+    """Every component of a run, resolved and checked, not yet built."""
 
     resolved: ResolvedConfig
     config: Config
-    base_dir: Path
-    components: dict[str, dict[str, str]]
-    credit: object  # retrain.credit.CreditPipeline
+    backend: type[Backend]
+    engine: type[Engine]
+    data: Callable[[Config], DataSource]
+    reward: Callable[[Config], Reward]
+    # None when no stage of the credit pipeline reads planning tokens.
+    planning: Callable[[Config], PlanningDetector] | None
+    credit: CreditPipeline
+    backend_capabilities: BackendCapabilities
+    engine_capabilities: EngineCapabilities
+    publication: PolicyKind
+    origins: dict[str, Origin]
+
+    @property
+    def exact_resume(self) -> bool:
+        """Whether a resumed run repeats the uninterrupted one bit for bit."""
+        return (self.backend_capabilities.exact_resume and self.engine_capabilities.exact_resume
+                and self.config.training.max_staleness == 0)
 
     def describe(self) -> dict[str, object]:
-        return {"components": self.components, "credit": self.credit.describe()}  # type: ignore[attr-defined]
+        components = {kind: {"name": origin.name, "origin": origin.origin} for kind, origin in self.origins.items()}
+        return {"components": components, "publication": self.publication, "credit": self.credit.describe()}
 
 
 def config_base_dir(resolved: ResolvedConfig) -> Path:
@@ -39,35 +89,162 @@ def config_base_dir(resolved: ResolvedConfig) -> Path:
     return resolved.path.resolve().parent if resolved.path else Path.cwd()
 
 
+def with_absolute_search_paths(resolved: ResolvedConfig) -> Config:
+    """``[plugins] search_paths`` made absolute (relative ones start at the config file's
+    folder), so every later lookup, and the snapshot a resumed run loads from its
+    log_dir, finds the same plugins."""
+    base = config_base_dir(resolved)
+    paths = [_absolute_directory(path, base) for path in resolved.config.plugins.search_paths]
+    if paths == list(resolved.config.plugins.search_paths):
+        return resolved.config
+    return replace_setting(resolved.config, "plugins.search_paths", paths)
+
+
+def _absolute_directory(entry: str, base: Path) -> str:
+    """A relative entry naming a directory (under the config's folder, then the working
+    directory, as the registry looks) as an absolute path; any other entry as written."""
+    if Path(entry).is_absolute():
+        return entry
+    for candidate in (base / entry, Path.cwd() / entry):
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    return entry
+
+
+# The setting that names each component kind.
+COMPONENT_SETTINGS = {"backend": ("backend", "backend"), "engine": ("inference", "engine"),
+                      "data": ("data", "source"), "reward": ("reward", "type"), "planning": ("planning", "detector")}
+
+
+class _Planner:
+    """Collects every problem while resolving and checking, then raises them together."""
+
+    def __init__(self, resolved: ResolvedConfig) -> None:
+        self.resolved = resolved
+        self.config = with_absolute_search_paths(resolved)
+        self.base_dir = config_base_dir(resolved)
+        self.issues: list[ConfigIssue] = []
+        self.origins: dict[str, Origin] = {}
+        # The first exception raised inside a plugin, chained to the error for RETRAIN_DEBUG.
+        self.cause: BaseException | None = None
+
+    def issue(self, section: str, key: str, problem: str, fix: str = "") -> None:
+        self.issues.append(ConfigIssue(self.resolved.sources.get((section, key), ""), section, key, problem, fix))
+
+    def resolve(self, kind: str, name: str) -> ResolvedPlugin | None:
+        section, key = COMPONENT_SETTINGS[kind]
+        try:
+            plugin = resolve(kind, name, self.config.plugins, self.base_dir)
+        except PluginError as exc:
+            self.cause = self.cause or exc
+            self.issue(section, key, str(exc))
+            return None
+        self.origins[kind] = Origin(name, plugin.origin)
+        return plugin
+
+    def declared(self, kind: str, plugin: ResolvedPlugin, expected: type) -> object | None:
+        """The plugin's ``capabilities(config)``, and its ``config_issues`` recorded."""
+        section, key = COMPONENT_SETTINGS[kind]
+        who = f"{kind} '{plugin.name}' ({plugin.origin})"
+        try:
+            capabilities = plugin.obj.capabilities(self.config)
+            own = plugin.obj.config_issues(self.config) if hasattr(plugin.obj, "config_issues") else []
+        except Exception as exc:
+            if plugin.builtin:
+                raise  # a bug in retrain itself: keep its traceback
+            self.cause = self.cause or exc
+            self.issue(section, key, f"{who} raised {type(exc).__name__} while declaring its capabilities: {exc}",
+                       "fix the plugin (RETRAIN_DEBUG=1 shows where)")
+            return None
+        if not isinstance(capabilities, expected):
+            self.issue(section, key, f"{who}: capabilities(config) returned {type(capabilities).__name__}, "
+                       f"not a {expected.__name__}", f"return retrain.types.{expected.__name__}(...)")
+            return None
+        for problem in own:
+            where = self.resolved.sources.get((problem.section, problem.key), "")
+            located = dataclasses.replace(problem, where=problem.where or where)
+            if located.warning:
+                self.resolved.warnings.append(located)
+            elif located not in self.issues:
+                self.issues.append(located)
+        return capabilities
+
+
 def plan_run(resolved: ResolvedConfig) -> RunPlan:
     """Resolve and check everything a run needs, loading no model and touching no server."""
-    from retrain.credit import build_credit_pipeline
-
-    config = resolved.config
-    unavailable = not_in_this_version(config, resolved.sources)
+    unavailable = not_in_this_version(resolved.config, resolved.sources)
     if unavailable:
         raise ConfigError(unavailable)
-    base_dir = config_base_dir(resolved)
-    components: dict[str, dict[str, str]] = {}
-    for kind, name in (("backend", config.backend.backend), ("engine", config.inference.engine),
-                       ("data", config.data.source), ("reward", config.reward.type)):
-        components[kind] = {"name": name, "origin": locate(kind, name, config, base_dir)}
-    if config.reward.type == "custom":
-        components["reward"]["origin"] = locate_custom_reward(config, base_dir)
-    credit = build_credit_pipeline(config, base_dir)
+    planner = _Planner(resolved)
+    config = planner.config
+    backend = planner.resolve("backend", config.backend.backend)
+    engine = planner.resolve("engine", config.inference.engine)
+    data = planner.resolve("data", config.data.source)
+    reward = planner.resolve("reward", config.reward.plugin_name)
+    credit = build_credit_pipeline(config, planner.base_dir)
     credit.probe()
-    if credit.needs_planning:
-        plugin = resolve("planning", config.planning.detector, config.plugins, base_dir)
-        components["planning"] = {"name": config.planning.detector, "origin": plugin.origin}
-    if config.backend.backend not in registry_names.BACKENDS:
-        # A plugin backend is already imported: check what it declares before any model loads.
-        backend_class = resolve("backend", config.backend.backend, config.plugins, base_dir).obj
-        check_capabilities(backend_class, config, credit, resuming=bool(config.resume.from_))
-    problems = preflight_issues(config, needs_planning=credit.needs_planning)
-    if problems:
-        raise ConfigError([dataclasses.replace(issue, where=issue.where or resolved.sources.get((issue.section, issue.key), ""))
-                           for issue in problems])
-    return RunPlan(resolved, config, base_dir, components, credit)
+    planning = planner.resolve("planning", config.planning.detector) if credit.needs_planning else None
+    backend_caps = planner.declared("backend", backend, BackendCapabilities) if backend else None
+    engine_caps = planner.declared("engine", engine, EngineCapabilities) if engine else None
+    publication = None
+    if isinstance(backend_caps, BackendCapabilities) and isinstance(engine_caps, EngineCapabilities):
+        assert backend is not None and engine is not None
+        publication = check_pairing(planner, backend, backend_caps, engine, engine_caps, credit.needs_entropies)
+    planner.issues.extend(preflight_issues(config, credit.needs_planning, resolved.sources))
+    if planner.issues or publication is None or data is None or reward is None:
+        raise ConfigError(planner.issues) from planner.cause
+    assert isinstance(backend_caps, BackendCapabilities) and isinstance(engine_caps, EngineCapabilities)
+    assert backend is not None and engine is not None
+    return RunPlan(
+        resolved=resolved, config=config, backend=backend.obj, engine=engine.obj, data=data.obj,
+        reward=reward_factory(reward), planning=planning.obj if planning else None, credit=credit,
+        backend_capabilities=backend_caps, engine_capabilities=engine_caps, publication=publication,
+        origins=planner.origins,
+    )
+
+
+def reward_factory(plugin: ResolvedPlugin) -> Callable[[Config], Reward]:
+    """A built-in reward is a class built with the config; ``type = "custom"`` resolves to
+    the user's per-completion function, which ``CustomReward`` calls."""
+    if plugin.builtin:
+        factory: Callable[[Config], Reward] = plugin.obj
+        return factory
+    return functools.partial(CustomReward, function=plugin.obj, label=plugin.name)
+
+
+def check_pairing(planner: _Planner, backend: ResolvedPlugin, backend_caps: BackendCapabilities,
+                  engine: ResolvedPlugin, engine_caps: EngineCapabilities, needs_entropies: bool) -> PolicyKind | None:
+    """What the backend, the engine and the rest of the config ask of each other; the
+    publication kind they share."""
+    config = planner.config
+    neither = f"neither backend '{backend.name}' nor engine '{engine.name}'"
+    shared = [kind for kind in engine_caps.loads if kind in backend_caps.publishes]
+    if not shared:
+        planner.issue("inference", "engine",
+                      f"engine '{engine.name}' loads {_kinds(engine_caps.loads)} but backend '{backend.name}' "
+                      f"publishes {_kinds(backend_caps.publishes)}, so the engine could never receive new weights",
+                      "choose an engine that loads what the backend publishes (`retrain plugins` lists them)")
+    if config.model.lora_rank == 0 and not backend_caps.full_finetuning:
+        planner.issue("model", "lora_rank", f"0 (full fine-tuning) is not supported by backend '{backend.name}'",
+                      "set lora_rank > 0, or use a backend that trains every weight (backend = \"local\")")
+    if needs_entropies and not engine_caps.entropies:
+        planner.issue("algorithm", "uncertainty_kind",
+                      f"the credit pipeline needs per-token entropies of the full next-token distribution, which "
+                      f"engine '{engine.name}' cannot return",
+                      "use uncertainty_kind = \"surprisal\" or \"predictive_variance\", or an engine that returns "
+                      "entropies (the in-process engine = \"pytorch\" with backend = \"local\")")
+    reads = set(backend_caps.reads) | set(engine_caps.reads)
+    defaults = Config()
+    for spec in ALL_FIELDS:
+        if spec.component_setting and spec.dotted not in reads and \
+                getattr(getattr(config, spec.section), spec.name) != getattr(getattr(defaults, spec.section), spec.name):
+            planner.issue(spec.section, spec.toml_key, f"is read by {neither}",
+                          f"remove it, or choose a backend or engine that uses it ({spec.help})")
+    return shared[0] if shared else None
+
+
+def _kinds(kinds: tuple[str, ...]) -> str:
+    return " or ".join(kinds) if kinds else "nothing"
 
 
 # (module, extra, section, key, feature) of the optional packages a setting needs.
@@ -84,7 +261,8 @@ def _needed_packages(config: Config, needs_planning: bool) -> list[tuple[str, st
     return needed
 
 
-def preflight_issues(config: Config, needs_planning: bool) -> list[ConfigIssue]:
+def preflight_issues(config: Config, needs_planning: bool,
+                     sources: dict[tuple[str, str], str] | None = None) -> list[ConfigIssue]:
     """Cheap checks of what a run will read — files, optional packages, planning grams —
     so ``retrain explain`` finds them instead of a run after its model has loaded."""
     from retrain.planning import parse_strategic_grams
@@ -103,38 +281,6 @@ def preflight_issues(config: Config, needs_planning: bool) -> list[ConfigIssue]:
             parse_strategic_grams(config.logging.strategic_grams)
         except ConfigError as exc:
             issues.extend(exc.issues)
-    return issues
-
-
-def locate(kind: str, name: str, config: Config, base_dir: Path) -> str:
-    """Where a component comes from, checked without importing heavy built-in modules
-    (a built-in backend imports torch); a dotted-path plugin is imported and checked."""
-    if name in registry_names.BUILTINS[kind]:
-        return "built-in"  # not_in_this_version has checked that its module exists
-    return resolve(kind, name, config.plugins, base_dir).origin
-
-
-def locate_custom_reward(config: Config, base_dir: Path) -> str:
-    """Import the ``[reward] custom_module`` function and check its signature, so a
-    missing module or a wrong signature shows up in ``retrain explain``."""
-    from retrain.rewards.custom import check_reward_function
-
-    label = f"{config.reward.custom_module}.{config.reward.custom_function}"
-    plugin = resolve("reward", label, config.plugins, base_dir)
-    check_reward_function(plugin.obj, label)
-    return plugin.origin
-
-
-def check_capabilities(backend: object, config: Config, credit: object, resuming: bool) -> None:
-    """What the run asks of the backend against what it declares (``capabilities``)."""
-    capabilities = backend.capabilities  # type: ignore[attr-defined]
-    name = config.backend.backend
-    if config.inference.engine == "pytorch" and not capabilities.in_process_engine:
-        raise PluginError(f"backend '{name}' has no in-process engine, which [inference] engine = \"pytorch\" "
-                          "asks for — choose an engine that runs on its own (an engine plugin or server)")
-    if credit.needs_entropies and not capabilities.supports_entropies:  # type: ignore[attr-defined]
-        raise PluginError(f"the credit pipeline needs per-token entropies, which backend '{name}' cannot supply — "
-                          "choose another uncertainty_kind (surprisal, predictive_variance)")
-    if resuming and not capabilities.exact_resume:
-        logger.warning("backend '%s' does not restore every piece of its state: the resumed run will not "
-                       "repeat the uninterrupted one exactly", name)
+    located = sources or {}
+    return [dataclasses.replace(issue, where=issue.where or located.get((issue.section, issue.key), ""))
+            for issue in issues]

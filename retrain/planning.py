@@ -29,13 +29,11 @@ import operator
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from retrain.config.schema import Config
 from retrain.errors import ConfigError, ConfigIssue, PluginError
-from retrain.registry import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +62,6 @@ Spans = list[list[tuple[int, int]]]
 APOSTROPHE = "['\u2019]"
 _START = operator.itemgetter(0)
 _END = operator.itemgetter(1)
-
-
-class PlanningDetector(Protocol):
-    """Marks planning tokens: ``detect(texts, token_char_spans) -> bool [N, T]``,
-    padded to the longest span list."""
-
-    def detect(self, texts: list[str], token_char_spans: Spans) -> np.ndarray: ...
 
 
 def parse_strategic_grams(text: str) -> tuple[str, ...]:
@@ -310,13 +301,3 @@ class SemanticPlanningDetector:
             offset += len(spans)
             rows.append(spans_to_mask(chosen, token_spans))
         return _padded(rows, width)
-
-
-def build_planning_detector(config: Config, base_dir: Path | None = None) -> PlanningDetector:
-    """The configured detector (``[planning] detector``: regex, semantic or a dotted path)."""
-    resolved = resolve("planning", config.planning.detector, config.plugins, base_dir)
-    detector = resolved.obj(config)  # type: ignore[operator]
-    if not callable(getattr(detector, "detect", None)):
-        raise PluginError(f"planning detector '{config.planning.detector}' ({resolved.origin}) built an object "
-                          "without a detect(texts, token_char_spans) method")
-    return detector

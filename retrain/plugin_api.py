@@ -12,10 +12,19 @@ named in the config by its dotted path ``module.attr``. The contract of each kin
 - data:        ``class S: __init__(self, config); examples(self) -> list[Example]``
 - backend / engine: classes constructed with the config (see ``retrain init-plugin``)
 
+Only sampled tokens carry credit. A row of a ``SampleBatch`` holds the model's tokens and,
+in multi-turn rollouts, environment turns between them: ``batch.mask_N_T`` is True on
+every real token, ``batch.loss_mask_N_T`` only on the tokens the policy sampled. The
+``mask_N_T`` of ``TransformContext`` and ``AlgorithmContext`` is that loss mask: compute
+means and counts over it, and expect whatever a plugin returns off it to be set to 0. A
+list of N arrays holds one value per sampled token of each row, in order.
+
 ``params`` is the plugin's table (``[algorithm.advantage_params]``,
 ``[algorithm.transform_params]`` or ``[algorithm.params]``): a read-only mapping, or an
 instance of the dataclass declared with ``@register(kind, params=MyParams)``, whose fields
-are type-checked when the run is built. Declare bounds and help with ``setting``::
+are type-checked when the run is built (the built-in stages declare theirs the same way,
+reading ``[gtpo]``, ``[hicra]`` and ``[sepa]`` through ``params_section``). Declare
+bounds and help with ``setting``::
 
     from dataclasses import dataclass
     import numpy as np
@@ -32,7 +41,7 @@ are type-checked when the run is built. Declare bounds and help with ``setting``
 The built-in math is exported too, so a plugin can compose it: ``grpo_advantages``,
 ``maxrl_advantages``, ``surprisal``, ``predictive_variance``, ``gtpo_weights``,
 ``hicra_amplify``, ``sepa_pool``, ``broadcast_advantages``. ``synthetic_batch`` builds a
-small ragged batch for a plugin's own tests.
+small ragged batch (optionally with environment turns) for a plugin's own tests.
 """
 
 from __future__ import annotations
@@ -42,24 +51,39 @@ from retrain.algorithms import AlgorithmContext, AlgorithmOutput
 from retrain.config.schema import Config, setting
 from retrain.credit import synthetic_batch
 from retrain.registry import PluginSpec, plugin_spec, register
-from retrain.sepa import sepa_pool
 from retrain.transforms import (
     TransformContext,
     TransformOutput,
     broadcast_advantages,
     gtpo_weights,
     hicra_amplify,
+    sepa_pool,
 )
-from retrain.types import Example, SampleBatch, TrainBatch, TrainResult
+from retrain.types import (
+    BackendCapabilities,
+    EngineCapabilities,
+    Example,
+    PolicyKind,
+    PolicyRef,
+    SampleBatch,
+    SamplingParams,
+    TrainBatch,
+    TrainResult,
+)
 from retrain.uncertainty import predictive_variance, shannon_entropy, surprisal
 
 __all__ = [
     "AlgorithmContext",
     "AlgorithmOutput",
+    "BackendCapabilities",
     "Config",
+    "EngineCapabilities",
     "Example",
     "PluginSpec",
+    "PolicyKind",
+    "PolicyRef",
     "SampleBatch",
+    "SamplingParams",
     "TrainBatch",
     "TrainResult",
     "TransformContext",

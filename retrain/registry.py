@@ -39,7 +39,7 @@ from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
 
 from retrain import registry_names
-from retrain.config.schema import PluginsConfig
+from retrain.config.schema import Config, PluginsConfig
 from retrain.config.values import fits_type
 from retrain.errors import ConfigError, ConfigIssue, PluginError
 
@@ -74,39 +74,55 @@ class PluginOutputError(PluginError):
 
 @dataclass(frozen=True)
 class PluginSpec:
-    """What a plugin declares about itself through ``register``."""
+    """What a stage declares about itself through ``register`` (built-ins and plugins alike).
+
+    ``params_section`` names the config section (``"gtpo"`` for ``[gtpo]``) whose values
+    are the stage's parameters; without it they come from the kind's params table
+    (``[algorithm.advantage_params]``, ``[algorithm.transform_params]``,
+    ``[algorithm.params]``). ``needs_sepa``: the stage reads ``sepa_lambda``, so the run
+    keeps the SEPA schedule going.
+    """
 
     kind: str
     params: type | None = None
     description: str = ""
     needs_planning: bool = False
     needs_entropies: bool = False
+    params_section: str = ""
+    needs_sepa: bool = False
 
 
 def register(
     kind: str,
     *,
     params: type | None = None,
+    params_section: str = "",
     description: str = "",
     needs_planning: bool = False,
     needs_entropies: bool = False,
+    needs_sepa: bool = False,
 ) -> Callable[[typing.Any], typing.Any]:
-    """Decorator declaring a plugin's kind, parameters and needs.
+    """Decorator declaring a stage's kind, parameters and needs.
 
-    ``params`` is a dataclass; the plugin's params table is checked against its fields
-    (types, unknown keys, missing required values) when the run is built, and the plugin
-    receives an instance instead of a plain mapping. ``needs_planning`` asks the run to
-    compute the planning mask; ``needs_entropies`` asks the engine for per-token
-    entropies.
+    ``params`` is a dataclass; the stage's parameters table is checked against its fields
+    (types, bounds, unknown keys, missing required values) when the run is built, and the
+    stage receives an instance instead of a plain mapping. The table is the kind's params
+    table, or the config section named by ``params_section`` (how the built-in GTPO reads
+    ``[gtpo]``). ``needs_planning`` asks the run to compute the planning mask;
+    ``needs_entropies`` asks the engine for per-token entropies; ``needs_sepa`` keeps the
+    SEPA schedule running and hands its lambda to the stage. The description shown by
+    ``retrain plugins`` is ``description`` or the first line of the docstring.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown plugin kind {kind!r}; kinds are {', '.join(KINDS)}")
     if params is not None and not (isinstance(params, type) and dataclasses.is_dataclass(params)):
         raise TypeError(f"params must be a dataclass type, got {params!r}")
+    if params_section and params is None:
+        raise TypeError(f"params_section={params_section!r} needs params=, the dataclass of that section")
 
     def decorate(obj: typing.Any) -> typing.Any:
         description_text = description or _first_line(inspect.getdoc(obj))
-        spec = PluginSpec(kind, params, description_text, needs_planning, needs_entropies)
+        spec = PluginSpec(kind, params, description_text, needs_planning, needs_entropies, params_section, needs_sepa)
         setattr(obj, PLUGIN_ATTRIBUTE, spec)
         return obj
 
@@ -124,30 +140,11 @@ def _first_line(text: str | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# Built-in descriptions (for `retrain plugins` and `retrain explain`; no imports needed)
+# Built-in descriptions of the component kinds (for `retrain plugins`; no imports needed).
+# A credit stage (advantage, transform, uncertainty, algorithm) is described by its own
+# docstring and registration instead: see ``builtin_summary`` in retrain.commands.plugins.
 
 BUILTIN_DESCRIPTIONS: dict[str, dict[str, tuple[str, str]]] = {
-    "advantage": {
-        "grpo": ("GRPO: A = r - mean(r) per group", ""),
-        "maxrl": ("MaxRL: A = (r - mean) / (mean + 1e-6), 0 when mean <= 1e-6", ""),
-    },
-    "transform": {
-        "none": ("every token gets the episode advantage", ""),
-        "gtpo": ("GTPO uncertainty weighting", "[gtpo] beta"),
-        "hicra": ("HICRA planning-token amplification", "[hicra] alpha"),
-        "gtpo_hicra": ("GTPO weighting, then HICRA amplification", "[gtpo] beta, [hicra] alpha"),
-        "gtpo_sepa": ("SEPA pooling, then GTPO weighting", "[gtpo] beta, [sepa] *"),
-        "gtpo_sepa_hicra": ("SEPA pooling, GTPO weighting, then HICRA", "[gtpo] beta, [hicra] alpha, [sepa] *"),
-    },
-    "uncertainty": {
-        "surprisal": ("min(-logprob, 50) of the sampled token", ""),
-        "predictive_variance": ("p (1 - p) with p the sampled token's probability", ""),
-        "shannon_entropy": ("entropy of the full next-token distribution (in-process engine only)", ""),
-    },
-    "algorithm": {
-        name: (f"recipe: advantage {advantage} + transform {transform}", "as the advantage and transform")
-        for name, (advantage, transform) in registry_names.ALGORITHM_RECIPES.items()
-    },
     "reward": {
         "match": ("final answer equals the reference after light normalisation", ""),
         "math": ("symbolic equivalence of the final answer (math-verify)", ""),
@@ -487,27 +484,39 @@ def import_from_directory(module_name: str, directory: Path, what: str) -> types
 
 
 def check_params(
-    resolved: ResolvedPlugin, params: Mapping[str, object], section: str
+    resolved: ResolvedPlugin, params: Mapping[str, object], section: str, config: Config | None = None
 ) -> object:
-    """The value a plugin receives for its params table.
+    """The value a stage receives as its ``params``, built the same way for a built-in and
+    a plugin.
 
-    A plugin registered with a ``params`` dataclass gets an instance of it, built from
-    the table after checking every key and type (all problems reported together as a
-    ``ConfigError`` under ``[section]``); any other plugin gets a read-only mapping.
-    Built-ins take no params table: a non-empty one is an error.
+    ``params`` is the stage's table, read from ``[section]``. A stage registered with
+    ``params_section`` (the built-in GTPO, HICRA and SEPA stages) takes its values from
+    that section of ``config`` instead, and the table must then be empty. A stage
+    registered with a ``params`` dataclass gets an instance of it, built after checking
+    every key, type and bound (all problems reported together as a ``ConfigError``); an
+    undeclared plugin gets the table as a read-only mapping, and an undeclared built-in
+    accepts no table at all.
     """
-    if resolved.builtin:
+    spec = resolved.spec if resolved.spec is not None else plugin_spec(resolved.obj)
+    if spec is not None and spec.params_section:
         if params:
+            raise ConfigError(ConfigIssue(
+                "", section, next(iter(params)),
+                f"the {resolved.kind} '{resolved.name}' reads its parameters from [{spec.params_section}]",
+                f"set them in [{spec.params_section}] and remove [{section}]",
+            ))
+        if config is None:
+            raise TypeError(f"check_params needs the config to read [{spec.params_section}] for '{resolved.name}'")
+        params, section = dataclasses.asdict(getattr(config, spec.params_section)), spec.params_section
+    if spec is None or spec.params is None:
+        if resolved.builtin and params:
             raise ConfigError(ConfigIssue(
                 "", section, next(iter(params)),
                 f"the built-in {resolved.kind} '{resolved.name}' takes no parameters table",
                 "remove the table; built-ins read their own sections (e.g. [gtpo] beta, [hicra] alpha)",
             ))
-        return types.MappingProxyType({})
-    declared = resolved.spec.params if resolved.spec is not None else None
-    if declared is None:
         return types.MappingProxyType(dict(params))
-    return build_params(declared, params, section, resolved.name)
+    return build_params(spec.params, params, section, resolved.name)
 
 
 def build_params(declared: type, params: Mapping[str, object], section: str, plugin_name: str) -> object:

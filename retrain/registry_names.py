@@ -8,23 +8,24 @@ until a run resolves it (see ``retrain.registry``). Kinds listed in
 from __future__ import annotations
 
 ADVANTAGES: dict[str, str] = {
-    "grpo": "retrain.advantages:grpo_advantages",
-    "maxrl": "retrain.advantages:maxrl_advantages",
+    "grpo": "retrain.advantages.grpo:grpo_advantages",
+    "maxrl": "retrain.advantages.maxrl:maxrl_advantages",
 }
 
+# "gtpo" and "hicra" are single stages; the other names are compositions of stages.
 TRANSFORMS: dict[str, str] = {
-    "none": "retrain.transforms:NoTransform",
-    "gtpo": "retrain.transforms:GTPOTransform",
-    "hicra": "retrain.transforms:HICRATransform",
-    "gtpo_hicra": "retrain.transforms:GTPOHICRATransform",
-    "gtpo_sepa": "retrain.transforms:GTPOSEPATransform",
-    "gtpo_sepa_hicra": "retrain.transforms:GTPOSEPAHICRATransform",
+    "none": "retrain.transforms.compositions:NoTransform",
+    "gtpo": "retrain.transforms.gtpo:gtpo",
+    "hicra": "retrain.transforms.hicra:hicra",
+    "gtpo_hicra": "retrain.transforms.compositions:GTPOHICRATransform",
+    "gtpo_sepa": "retrain.transforms.compositions:GTPOSEPATransform",
+    "gtpo_sepa_hicra": "retrain.transforms.compositions:GTPOSEPAHICRATransform",
 }
 
 UNCERTAINTIES: dict[str, str] = {
-    "surprisal": "retrain.uncertainty:surprisal",
-    "predictive_variance": "retrain.uncertainty:predictive_variance",
-    "shannon_entropy": "retrain.uncertainty:shannon_entropy",
+    "surprisal": "retrain.uncertainty.surprisal:surprisal",
+    "predictive_variance": "retrain.uncertainty.predictive_variance:predictive_variance",
+    "shannon_entropy": "retrain.uncertainty.shannon_entropy:shannon_entropy",
 }
 
 # Every (advantage, transform) pair is a named whole-pipeline recipe, e.g.

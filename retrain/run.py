@@ -1,133 +1,62 @@
-"""A training run: resolve every component, then loop RL steps with checkpoints and logs.
+"""A training run: build the planned components, then loop RL steps with checkpoints and logs.
 
-``plan_run`` (retrain/plan.py) resolves every plugin and checks every combination without loading a model
-(``retrain explain`` prints the plan); ``build_run`` then builds the heavy parts;
-``train`` loops ``rl_step`` (retrain/step.py), writes one metrics row per step and a
-checkpoint every ``save_every`` steps and at the end.
+``plan_run`` (retrain/plan.py) resolves every component and checks every combination
+without loading a model (``retrain explain`` prints the plan); ``build_run`` instantiates
+the planned factories; ``train`` loops ``rl_step`` (retrain/step.py), writes one metrics
+row per step and a checkpoint (retrain/checkpoint.py) every ``save_every`` steps and at
+the end.
 
 On disk (DESIGN §7), all in ``[logging] log_dir``: ``config.toml`` (the resolved config,
 secrets blanked), ``metrics.jsonl``, ``generations.jsonl``, ``trainer_state.json`` (the
-commit point of a checkpoint) and ``checkpoints/step_N/`` (backend state); adapters go
-to ``[backend] adapter_path``/``checkpoint_step_N`` and ``final``. A checkpoint's pieces
-are written first and ``trainer_state.json`` last, atomically, so a run killed at any
-moment resumes from the last complete checkpoint.
+commit point of a checkpoint), ``checkpoints/step_N/`` (backend and engine state) and
+``engine_weights/`` (the policy published to an engine with its own copy of the model);
+adapters go to ``[backend] adapter_path``/``checkpoint_step_N`` and ``final``.
 
 A resumed run keeps the settings of its snapshot; only those in ``RESUMABLE_CHANGES``
-may differ (a larger ``max_steps`` extends a finished run). The first Ctrl-C finishes
-the step in progress, checkpoints it and stops (docs/checkpoints.md).
+may differ (a larger ``max_steps`` extends a finished run). With ``[training]
+max_staleness = 0`` and components that declare ``exact_resume``, the resumed steps are
+bit-identical to those of an uninterrupted run; sampling ahead (``max_staleness >= 1``)
+resumes consistently (no prompt trained twice or lost) but not bit-identically. The first
+Ctrl-C finishes the step in progress, checkpoints it and stops (docs/checkpoints.md).
+Engines and backends are closed on every way out of a run: its end, an error, a signal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
-import json
 import logging
 import os
 import random
-import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 
-from retrain.atomic import write_atomic
+from retrain.checkpoint import read_trainer_state, restore, save_checkpoint
 from retrain.config.loader import ResolvedConfig, load_config, replace_setting
 from retrain.config.schema import Config
 from retrain.config.snapshot import config_to_dict, write_snapshot
+from retrain.data.stream import PromptStream
 from retrain.errors import RetrainError
-from retrain.plan import RunPlan, check_capabilities, config_base_dir, plan_run
-from retrain.registry import resolve
-from retrain.run_dirs import CONFIG_FILE, STATE_FILE, adapter_dir, claim_output_dirs
+from retrain.metrics import metrics_row
+from retrain.plan import RunPlan, plan_run, with_absolute_search_paths
+from retrain.publication import Publisher
+from retrain.run_dirs import CONFIG_FILE, adapter_dir, claim_output_dirs
+from retrain.sampling import GroupCollector, LookaheadCollector, RefillingCollector, SamplingSettings
+from retrain.sinks import build_sinks
+from retrain.step import NoPlanning, Run, rl_step
+from retrain.types import Collector, Engine, Message, PlanningDetector, SamplingParams
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
-
-
-def build_reward(config: Config, base_dir: Path) -> object:
-    """The ``[reward] type``; the custom reward finds its module through ``[plugins]
-    search_paths`` relative to the config file's folder, like every plugin."""
-    reward_class = resolve("reward", config.reward.type, config.plugins, base_dir).obj
-    if config.reward.type == "custom":
-        return reward_class(config, base_dir=base_dir)
-    return reward_class(config)
-
-
-# ---------------------------------------------------------------------------------------
-
-
-class InProcessWeights:
-    """The engine is the backend's own (it shares or copies the training model)."""
-
-    def __init__(self, backend: object) -> None:
-        self.backend = backend
-
-    def sync(self) -> int:
-        """Make the engine sample from the latest weights; the policy version."""
-        return self.backend.sync_engine_weights()  # type: ignore[attr-defined]
-
-    def resume(self, version: int | None) -> None:
-        """Nothing to do: restoring the backend restored its engine."""
-
-
-class AdapterPublisher:
-    """The engine has its own copy of the model (an engine plugin, a server): after each
-    update the backend writes its adapter to ``directory`` and the engine loads it.
-    One published adapter is kept on disk at a time."""
-
-    def __init__(self, backend: object, engine: object, directory: Path) -> None:
-        self.backend = backend
-        self.engine = engine
-        # Absolute: an engine in another process resolves paths from its own directory.
-        self.directory = directory.resolve()
-        self.published_version = 0  # the engine starts from the same base weights
-
-    def sync(self) -> int:
-        version = int(self.backend.sync_engine_weights())  # type: ignore[attr-defined]
-        if version != self.published_version:
-            self.resume(version)
-        return version
-
-    def resume(self, version: int | None) -> None:
-        """Publish the current weights as ``version`` (after a restore, or an update);
-        None: a checkpoint that did not record it, so ask the backend."""
-        if version is None:
-            version = int(self.backend.sync_engine_weights())  # type: ignore[attr-defined]
-        path = self.directory / f"policy_v{version}"
-        self.backend.save_adapter(path)  # type: ignore[attr-defined]
-        self.engine.load_adapter(path, version)  # type: ignore[attr-defined]
-        for old in self.directory.glob("policy_v*"):
-            if old != path:
-                shutil.rmtree(old, ignore_errors=True)
-        self.published_version = version
-
-
-class NoPlanning:
-    """Used when no stage reads the planning mask: every token is an execution token."""
-
-    def detect(self, texts: list[str], token_char_spans: list[list[tuple[int, int]]] | None) -> np.ndarray:
-        width = max((len(spans) for spans in token_char_spans or []), default=0)
-        return np.zeros((len(texts), width), dtype=bool)
-
-
-@dataclass
-class Run:
-    config: Config
-    log_dir: Path
-    adapter_dir: Path
-    seed: int
-    backend: object
-    engine: object
-    collector: object
-    credit: object
-    planning: object
-    sinks: object
-    weights: object  # InProcessWeights or AdapterPublisher: brings the engine up to date
-    start_step: int = 1
+ENGINE_WEIGHTS_DIR = "engine_weights"
 
 
 def effective_seed(config: Config) -> int:
@@ -148,151 +77,54 @@ def seed_global_rngs(seed: int) -> None:
         torch.manual_seed(seed)  # every CUDA device too
 
 
-def build_run(plan: RunPlan, resume_state: dict[str, object] | None = None) -> Run:
-    """Build the heavy components of a planned run (this loads the model)."""
-    from retrain.config.rules import parse_devices
-    from retrain.data.stream import PromptStream
-    from retrain.planning import build_planning_detector
-    from retrain.sampling import (
-        GroupCollector,
-        PrefetchingCollector,
-        RefillingCollector,
-        SamplingSettings,
-    )
-    from retrain.sinks import build_sinks
-
-    config = plan.config
-    seed = int(resume_state["seed"]) if resume_state else effective_seed(config)  # type: ignore[arg-type]
-    config = replace_setting(config, "training.seed", seed)
+def build_run(plan: RunPlan, resume_state: Mapping[str, object] | None = None) -> Run:
+    """Build the planned components (this loads the model). Whatever was built is
+    closed again if a later part fails; a built run is closed with ``close_run``."""
+    seed = _int(resume_state, "seed") if resume_state else effective_seed(plan.config)
+    config = replace_setting(plan.config, "training.seed", seed)
     seed_global_rngs(seed)
-    base = plan.base_dir
-    data = resolve("data", config.data.source, config.plugins, base).obj(config)
-    reward = build_reward(config, base)
-    backend = resolve("backend", config.backend.backend, config.plugins, base).obj(config)
-    check_capabilities(backend, config, plan.credit, resuming=resume_state is not None)
-    weights: InProcessWeights | AdapterPublisher
-    if config.inference.engine == "pytorch":
-        engine = backend.engine()
-        weights = InProcessWeights(backend)
-    else:
-        engine = resolve("engine", config.inference.engine, config.plugins, base).obj(config)
-        weights = AdapterPublisher(backend, engine, Path(config.logging.log_dir) / "engine_weights")
-    credit = plan.credit
-    planning = build_planning_detector(config, base) if credit.needs_planning else NoPlanning()  # type: ignore[attr-defined]
-    stream = PromptStream(data.examples(), seed, shuffle=config.data.shuffle)
-    encode = backend.encode_prompt
+    completed = _int(resume_state, "step") if resume_state else 0
+    log_dir = Path(config.logging.log_dir)
+    with contextlib.ExitStack() as stack:
+        wandb_run_id = resume_state.get("wandb_run_id") if resume_state else None
+        sinks = stack.enter_context(contextlib.closing(build_sinks(
+            config, config.training.max_steps, completed=completed,
+            wandb_run_id=wandb_run_id if isinstance(wandb_run_id, str) and wandb_run_id else None)))
+        backend = stack.enter_context(contextlib.closing(plan.backend(config)))
+        engine = stack.enter_context(contextlib.closing(plan.engine(config)))
+        collector = stack.enter_context(contextlib.closing(build_collector(plan, config, backend.encode_prompt,
+                                                                           engine, seed)))
+        planning: PlanningDetector = plan.planning(config) if plan.planning else NoPlanning()
+        publisher = Publisher(backend, engine, plan.publication, log_dir / ENGINE_WEIGHTS_DIR)
+        return Run(config=config, log_dir=log_dir, adapter_dir=adapter_dir(config), seed=seed, backend=backend,
+                   engine=engine, collector=collector, planning=planning, credit=plan.credit, publisher=publisher,
+                   sinks=sinks, start_step=completed + 1, resources=stack.pop_all())
+
+
+def build_collector(plan: RunPlan, config: Config, encode: Callable[[tuple[Message, ...]], list[int]], engine: Engine,
+                    seed: int) -> Collector:
+    """Prompts in step order, sampled and scored; refilled (dynamic sampling) and sampled
+    ahead of training (``max_staleness``) as configured."""
     training = config.training
-    settings = SamplingSettings(training.batch_size, training.group_size, training.max_tokens, training.temperature,
-                                training.top_p, credit.needs_entropies)  # type: ignore[attr-defined]
-    collector: GroupCollector | RefillingCollector | PrefetchingCollector
+    stream = PromptStream(plan.data(config).examples(), seed, shuffle=config.data.shuffle)
+    settings = SamplingSettings(training.batch_size, SamplingParams(
+        training.group_size, training.max_tokens, training.temperature, training.top_p, plan.credit.needs_entropies))
+    reward = plan.reward(config)
+    collector: GroupCollector
     if training.dynamic_sampling:
-        collector = RefillingCollector(stream, encode, engine, reward, settings,
-                                       max_rounds=training.dynamic_sampling_max_rounds)
+        collector = RefillingCollector(stream, encode, engine, reward, settings, training.dynamic_sampling_max_rounds)
     else:
         collector = GroupCollector(stream, encode, engine, reward, settings)
-    if len(parse_devices(config.backend.devices)) == 2:
-        collector = PrefetchingCollector(collector, last_step=training.max_steps)
-    log_dir = Path(config.logging.log_dir)
-    completed = int(resume_state["step"]) if resume_state else 0  # type: ignore[arg-type]
-    sinks = build_sinks(config, training.max_steps, completed=completed,
-                        wandb_run_id=str(resume_state.get("wandb_run_id")) if resume_state and resume_state.get("wandb_run_id") else None)
-    return Run(config=config, log_dir=log_dir, adapter_dir=adapter_dir(config), seed=seed,
-               backend=backend, engine=engine, collector=collector, credit=credit, planning=planning, sinks=sinks,
-               weights=weights,
-               start_step=completed + 1)
+    if training.max_staleness:
+        return LookaheadCollector(collector, training.max_staleness, last_step=training.max_steps)
+    return collector
 
 
-# ---------------------------------------------------------------------------------------
-# checkpoints and resume
-
-
-def _rng_state() -> dict[str, object]:
-    version, internal, gauss = random.getstate()
-    numpy_state = np.random.get_state()
-    return {
-        "python": [version, list(internal), gauss],
-        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-    }
-
-
-def _restore_rng_state(state: dict[str, object]) -> None:
-    version, internal, gauss = state["python"]  # type: ignore[misc]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, *rest = state["numpy"]  # type: ignore[misc]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-
-
-def save_checkpoint(run: Run, step: int, extra: dict[str, object]) -> Path:
-    """Write backend state, adapter and (last, atomically) ``trainer_state.json``."""
-    checkpoints = run.log_dir / "checkpoints"
-    final_dir = checkpoints / f"step_{step}"
-    staging = checkpoints / f".step_{step}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    run.backend.save_state(staging)  # type: ignore[attr-defined]
-    shutil.rmtree(final_dir, ignore_errors=True)
-    os.replace(staging, final_dir)
-    run.backend.save_adapter(run.adapter_dir / f"checkpoint_step_{step}")  # type: ignore[attr-defined]
-    run.sinks.sync()  # type: ignore[attr-defined]  # no logged row may be newer than the state on disk
-    state = {
-        "version": STATE_VERSION,
-        "step": step,
-        "seed": run.seed,
-        "checkpoint": str(final_dir.relative_to(run.log_dir)),
-        "data": run.collector.state_dict(),  # type: ignore[attr-defined]
-        "credit": run.credit.state_dict(),  # type: ignore[attr-defined]
-        "rng": _rng_state(),
-        "wandb_run_id": run.sinks.wandb_run_id,  # type: ignore[attr-defined]
-        **extra,
-    }
-    write_atomic(run.log_dir / STATE_FILE, json.dumps(state, indent=1))
-    for old in checkpoints.glob("step_*"):
-        if old != final_dir:
-            shutil.rmtree(old, ignore_errors=True)
-    return final_dir
-
-
-def read_trainer_state(log_dir: Path) -> dict[str, object]:
-    path = log_dir / STATE_FILE
-    if not path.is_file():
-        raise RetrainError(f"cannot resume: {path} does not exist — give the log_dir of a run that saved a checkpoint")
-    try:
-        state = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RetrainError(f"cannot resume: {path} is not valid JSON ({exc.msg})") from exc
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise RetrainError(f"cannot resume: {path} was not written by this version of retrain — resume with the "
-                           "version that wrote it, or start a fresh run")
-    expected = {"step": int, "seed": int, "checkpoint": str, "data": dict, "credit": dict, "rng": dict}
-    wrong = [key for key, kind in expected.items() if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
-    if "step" not in wrong and state["step"] < 1:  # type: ignore[operator]
-        wrong.append("step")
-    if wrong:
-        raise RetrainError(f"cannot resume: {path} is damaged ({', '.join(wrong)} missing or of the wrong type) — "
-                           "resume from a copy of the run, or start a fresh run")
-    return state
-
-
-def restore(run: Run, state: dict[str, object]) -> None:
-    """Put every piece of the checkpoint's state back; a state file whose contents do not
-    fit (edited by hand, or from another run) is a clean error, not a traceback."""
-    try:
-        _restore(run, state)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise RetrainError(f"cannot resume: {run.log_dir / STATE_FILE} is damaged ({type(exc).__name__}: {exc}) — "
-                           "resume from a copy of the run, or start a fresh run") from exc
-
-
-def _restore(run: Run, state: dict[str, object]) -> None:
-    run.backend.load_state(run.log_dir / str(state["checkpoint"]))  # type: ignore[attr-defined]
-    run.collector.load_state_dict(state["data"])  # type: ignore[attr-defined]
-    run.credit.load_state_dict(state["credit"])  # type: ignore[attr-defined]
-    _restore_rng_state(state["rng"])  # type: ignore[arg-type]
-    run.sinks.truncate_after(int(state["step"]))  # type: ignore[attr-defined,arg-type]
-
-
-# ---------------------------------------------------------------------------------------
-# the loop
+def _int(state: Mapping[str, object], key: str) -> int:
+    value = state[key]
+    if not isinstance(value, int):
+        raise RetrainError(f"cannot resume: the trainer state's {key} is not an integer")
+    return value
 
 
 @dataclass
@@ -342,13 +174,17 @@ def check_resume_settings(config: Config, log_dir: Path, state: dict[str, object
             f"{' ...' if len(changed) > 6 else ''} — resume with `retrain --resume {log_dir}` and no other "
             "settings (only max_steps, save_every and logging outputs may change), or start a new --log-dir"
         )
-    done = int(state["step"])  # type: ignore[arg-type]
+    done = _int(state, "step")
     if config.training.max_steps < done:
         raise RetrainError(
             f"cannot resume {log_dir}: it has already completed {done} steps but max_steps is "
             f"{config.training.max_steps} — give --max-steps {done} or more"
         )
     return config
+
+
+# A signal disposition, as signal.signal takes and returns it.
+SignalHandler = Callable[[int, FrameType | None], object] | int | None
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -373,7 +209,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.previous: dict[int, object] = {}
+        self.previous: dict[int, SignalHandler] = {}
 
     @property
     def requested(self) -> bool:
@@ -386,7 +222,7 @@ class StopRequest:
                     self.previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def _handle(self, signum: int, frame: object) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
             raise RunInterrupted(signum)
         self.signum = signum
@@ -395,7 +231,7 @@ class StopRequest:
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self.previous.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
+            signal.signal(signum, handler)
         self.previous.clear()
 
 
@@ -411,26 +247,34 @@ def resume_context(config: Config) -> tuple[Config, dict[str, object] | None]:
     return check_resume_settings(config, resume_dir, state), state
 
 
-def start(run: Run, state: dict[str, object] | None) -> None:
-    """Write the snapshot and, when resuming, restore every piece of state."""
+def start(run: Run, state: Mapping[str, object] | None, plan: RunPlan) -> None:
+    """Write the snapshot and bring the engine up to date; when resuming, first restore
+    every piece of state."""
     if state is None:
         # Rows left by an earlier attempt in this folder that never reached a checkpoint
         # (it had no trainer_state.json): this run logs those steps afresh.
-        run.sinks.truncate_after(0)  # type: ignore[attr-defined]
+        run.sinks.truncate_after(0)
         write_snapshot(run.config, run.log_dir / CONFIG_FILE)
+        run.publisher.publish_now()
         return
+    if not plan.exact_resume:
+        logger.warning("this run resumes consistently but not bit-identically: %s", _inexact_reason(plan))
     restore(run, state)
-    version = state.get("policy_version")
-    run.weights.resume(int(version) if isinstance(version, int) else None)  # type: ignore[attr-defined]
     # A later plain `--resume` continues with what this one was given (say a larger max_steps).
     write_snapshot(replace_setting(run.config, "resume.from", ""), run.log_dir / CONFIG_FILE)
 
 
+def _inexact_reason(plan: RunPlan) -> str:
+    if plan.config.training.max_staleness:
+        return f"[training] max_staleness = {plan.config.training.max_staleness} samples ahead of training"
+    parts = [f"{kind} '{plan.origins[kind].name}' does not declare exact_resume"
+             for kind, capabilities in (("backend", plan.backend_capabilities), ("engine", plan.engine_capabilities))
+             if not capabilities.exact_resume]
+    return "; ".join(parts)
+
+
 def train_loop(run: Run, skipped_updates: int) -> dict[str, object]:
     """Steps ``run.start_step`` .. max_steps, with logs and checkpoints; the last row."""
-    from retrain.metrics import metrics_row
-    from retrain.step import rl_step
-
     last_row: dict[str, object] = {}
     max_steps = run.config.training.max_steps
     save_every = run.config.training.save_every
@@ -440,28 +284,16 @@ def train_loop(run: Run, skipped_updates: int) -> dict[str, object]:
             record = rl_step(run, step)
             skipped_updates += int(record.train.skipped)
             last_row = metrics_row(record, time.perf_counter() - started, skipped_updates)
-            run.sinks.log_step(last_row)  # type: ignore[attr-defined]
-            run.sinks.log_generations(step, record.collected.examples, record.collected.samples,  # type: ignore[attr-defined]
+            run.sinks.log_step(last_row)
+            run.sinks.log_generations(step, record.collected.examples, record.collected.samples,
                                       record.collected.rewards_P_G.reshape(-1))
             if step == max_steps or (save_every and step % save_every == 0) or stop.requested:
-                save_checkpoint(run, step, {"skipped_updates": skipped_updates,
-                                            "policy_version": record.policy_version})
+                save_checkpoint(run, step, {"skipped_updates": skipped_updates})
             if stop.signum is not None and step < max_steps:
                 logger.warning("stopped after step %d of %d; continue with `retrain --resume %s`",
                                step, max_steps, run.log_dir)
                 raise RunInterrupted(stop.signum)
     return last_row
-
-
-def with_absolute_search_paths(resolved: ResolvedConfig) -> Config:
-    """``[plugins] search_paths`` made absolute (relative ones start at the config file's
-    folder), so the snapshot a resumed run loads from its log_dir finds the same plugins."""
-    base = config_base_dir(resolved)
-    paths = [str((base / path).resolve()) if not Path(path).is_absolute() else path
-             for path in resolved.config.plugins.search_paths]
-    if paths == list(resolved.config.plugins.search_paths):
-        return resolved.config
-    return replace_setting(resolved.config, "plugins.search_paths", paths)
 
 
 def run_training(resolved: ResolvedConfig) -> RunSummary:
@@ -475,15 +307,14 @@ def run_training(resolved: ResolvedConfig) -> RunSummary:
         lock.close()
 
 
-def _train(plan: RunPlan, state: dict[str, object] | None) -> RunSummary:
+def _train(plan: RunPlan, state: Mapping[str, object] | None) -> RunSummary:
     run = build_run(plan, state)
     try:
-        start(run, state)
-        last_row = train_loop(run, int(state.get("skipped_updates", 0)) if state else 0)  # type: ignore[arg-type]
+        start(run, state, plan)
+        skipped = state.get("skipped_updates", 0) if state else 0
+        last_row = train_loop(run, skipped if isinstance(skipped, int) else 0)
         final = run.adapter_dir / "final"
-        run.backend.save_adapter(final)  # type: ignore[attr-defined]
+        run.backend.save_adapter(final)
     finally:
-        run.collector.close()  # type: ignore[attr-defined]
-        run.sinks.close()  # type: ignore[attr-defined]
-        run.backend.shutdown()  # type: ignore[attr-defined]
+        run.close()
     return RunSummary(run.log_dir, run.adapter_dir, final, run.config.training.max_steps, last_row)

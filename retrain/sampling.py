@@ -1,48 +1,40 @@
-"""The first stage of a step: take prompts, sample G completions each, score them.
+"""The first stage of a step: take prompts, sample G trajectories each, score them.
 
 ``GroupCollector`` does one round. ``RefillingCollector`` adds dynamic sampling: when
 groups with identical rewards (no learning signal) leave the batch short of informative
 groups, it draws further prompts, at most ``dynamic_sampling_max_rounds`` extra rounds
 per step, each asking only for the number of groups still missing, and keeps the
-informative groups of those rounds. ``PrefetchingCollector`` (split mode) samples step
-k+1 while step k trains, so the completions of a step come from a policy at most one
-update old; the staleness is reported per step.
+informative groups of those rounds. ``LookaheadCollector`` is asynchrony
+(``[training] max_staleness = k >= 1``): it samples up to k steps ahead of training, in a
+background thread, so step s may come from a policy up to k updates old.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from retrain.data.stream import PromptStream
-from retrain.engines.base import Engine
-from retrain.rewards.base import Reward
-from retrain.types import Example, Message, SampleBatch
+from retrain.types import Collected, Engine, Example, Message, Reward, SampleBatch, SamplingParams
 
-
-@dataclass
-class Collected:
-    """The scored groups of one step: ``examples[p]`` is the prompt of group ``p``."""
-
-    examples: list[Example]
-    samples: SampleBatch
-    rewards_P_G: np.ndarray
-    timings: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, float] = field(default_factory=dict)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
+    """Prompts per step, and how each prompt's group is sampled."""
+
     batch_size: int
-    group_size: int
-    max_tokens: int
-    temperature: float
-    top_p: float
-    want_entropies: bool
+    params: SamplingParams
+
+    @property
+    def group_size(self) -> int:
+        return self.params.n
 
 
 class GroupCollector:
@@ -62,10 +54,7 @@ class GroupCollector:
     def sample_and_score(self, examples: list[Example]) -> Collected:
         settings = self.settings
         start = time.perf_counter()
-        samples = self.engine.generate(
-            [self.encode(example.messages) for example in examples], settings.group_size, settings.max_tokens,
-            settings.temperature, settings.top_p, settings.want_entropies,
-        )
+        samples = self.engine.generate([self.encode(example.messages) for example in examples], settings.params)
         sampled = time.perf_counter()
         rewards_N = np.asarray(self.reward.score(samples.texts, examples), dtype=np.float64)
         scored = time.perf_counter()
@@ -76,7 +65,7 @@ class GroupCollector:
     def state_dict(self) -> dict[str, int]:
         return self.stream.state_dict()
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
         self.stream.load_state_dict(state)
 
     def close(self) -> None:
@@ -91,8 +80,9 @@ def informative_groups(rewards_P_G: np.ndarray) -> np.ndarray:
 class RefillingCollector(GroupCollector):
     """Dynamic sampling: top the batch up with informative groups from extra prompts."""
 
-    def __init__(self, *args: object, max_rounds: int, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, stream: PromptStream, encode: Callable[[tuple[Message, ...]], list[int]], engine: Engine,
+                 reward: Reward, settings: SamplingSettings, max_rounds: int) -> None:
+        super().__init__(stream, encode, engine, reward, settings)
         self.max_rounds = max_rounds
 
     def collect(self, step: int) -> Collected:
@@ -148,44 +138,65 @@ def concat_samples(batches: list[SampleBatch], rows: list[np.ndarray], keep_P: l
         logprobs_N_T=np.concatenate([_pad_to(b.logprobs_N_T[r], width) for b, r in zip(batches, rows)]),
         finish_reasons=[b.finish_reasons[i] for b, r in zip(batches, rows) for i in r],
         texts=[b.texts[i] for b, r in zip(batches, rows) for i in r],
-        entropies_N_T=np.concatenate([_pad_to(b.entropies_N_T[r], width) for b, r in zip(batches, rows)])  # type: ignore[index]
+        entropies_N_T=np.concatenate([_pad_to(_present(b.entropies_N_T)[r], width) for b, r in zip(batches, rows)])
         if with_entropies else None,
-        token_char_spans=[b.token_char_spans[i] for b, r in zip(batches, rows) for i in r]  # type: ignore[index]
+        token_char_spans=[_present(b.token_char_spans)[i] for b, r in zip(batches, rows) for i in r]
         if with_spans else None,
         policy_version=min(batch.policy_version for batch in batches),
     )
 
 
-class PrefetchingCollector:
-    """Split mode: while step k trains, step k+1 is already being sampled.
+def _present(value: T | None) -> T:
+    """``value``, known here not to be None (the caller checked every batch has it)."""
+    assert value is not None
+    return value
 
-    ``state_dict`` returns the data cursor as it was before the batch in flight was
-    drawn, so a checkpoint never skips the prompts of that batch.
+
+class LookaheadCollector:
+    """Sampling ahead of training: ``[training] max_staleness = k >= 1``.
+
+    When training asks for step s, the trajectories of steps s+1 .. s+k may already be
+    sampled, or be sampling, in one background thread while step s trains; step s+k
+    starts no earlier than that request, after the update of step s-1 was published, so
+    it comes from a policy at most k versions older than the one that trains on it (the
+    importance ratio in the loss corrects for the lag). Steps are sampled in order, and
+    each remembers the prompt cursor after its draw: ``state_dict`` is the cursor after
+    the last step handed to training, so a checkpoint never skips nor repeats the prompts
+    of steps still in flight — a resumed run samples them afresh from its restored policy.
     """
 
-    def __init__(self, inner: GroupCollector, last_step: int) -> None:
+    def __init__(self, inner: GroupCollector, max_staleness: int, last_step: int) -> None:
         self.inner = inner
+        self.max_staleness = max_staleness
         self.last_step = last_step
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain-sampler")
-        self.pending: tuple[int, Future[Collected]] | None = None
-        self.state_before_pending = inner.state_dict()
+        self.pending: dict[int, Future[tuple[Collected, dict[str, int]]]] = {}
+        self.consumed_state = inner.state_dict()
 
     def collect(self, step: int) -> Collected:
-        if self.pending is None or self.pending[0] != step:
-            self.pending = (step, self.pool.submit(self.inner.collect, step))
-        collected = self.pending[1].result()
-        self.pending = None
-        self.state_before_pending = self.inner.state_dict()
-        if step < self.last_step:
-            self.pending = (step + 1, self.pool.submit(self.inner.collect, step + 1))
+        if self.pending and min(self.pending) != step:
+            raise RuntimeError(f"steps must be collected in order: step {step} asked, {min(self.pending)} is next")
+        for ahead in range(step, min(step + self.max_staleness, self.last_step) + 1):
+            if ahead not in self.pending:
+                self.pending[ahead] = self.pool.submit(self._sample, ahead)
+        collected, after = self.pending.pop(step).result()
+        self.consumed_state = after
         return collected
 
-    def state_dict(self) -> dict[str, int]:
-        return self.state_before_pending
+    def _sample(self, step: int) -> tuple[Collected, dict[str, int]]:
+        collected = self.inner.collect(step)
+        return collected, self.inner.state_dict()
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def state_dict(self) -> dict[str, int]:
+        return dict(self.consumed_state)
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        if self.pending:
+            raise RuntimeError("the prompt cursor can only be restored before sampling starts")
         self.inner.load_state_dict(state)
-        self.state_before_pending = state
+        self.consumed_state = dict(state)
 
     def close(self) -> None:
+        """Drop steps not started; wait for the one sampling (a generate call cannot be cut)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pending.clear()

@@ -47,7 +47,7 @@ from retrain.atomic import write_atomic
 from retrain.config.schema import Config
 from retrain.errors import RetrainError
 from retrain.optional import require_module
-from retrain.types import Example, SampleBatch
+from retrain.types import Example, SampleBatch, Sink
 
 logger = logging.getLogger(__name__)
 
@@ -82,26 +82,6 @@ def to_json_value(value: object) -> JsonValue:
 def json_line(row: Mapping[str, object]) -> str:
     """One row as a single line of JSON, newline included."""
     return json.dumps(to_json_value(row), ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
-
-
-class Sink:
-    """A destination for step records; every call defaults to doing nothing."""
-
-    def log_step(self, row: Mapping[str, object]) -> None:
-        """Record one step's metrics row."""
-
-    def log_generations(self, step: int, examples: Sequence[Example], batch: SampleBatch,
-                        rewards_N: np.ndarray) -> None:
-        """Record the completions of one step (``examples``: one per prompt)."""
-
-    def truncate_after(self, step: int) -> None:
-        """Forget everything recorded for steps after ``step`` (used by resume)."""
-
-    def sync(self) -> None:
-        """Make everything recorded so far durable (called before a checkpoint)."""
-
-    def close(self) -> None:
-        """Flush and release resources."""
 
 
 def read_rows(path: Path) -> list[dict[str, JsonValue]]:

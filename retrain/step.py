@@ -1,28 +1,64 @@
-"""One RL step, top to bottom (DESIGN §2):
+"""One RL step, top to bottom (DESIGN §2), and the built objects it runs through:
 
-    prompts ─ engine.generate ─▶ samples ─ reward ─▶ rewards_P_G
+    prompts ─ collector (engine.generate, reward.score) ─▶ trajectories, rewards_P_G
             ─ planning detector ─▶ planning_N_T
             ─ credit pipeline (advantage → uncertainty → transforms) ─▶ token_advantages_N_T
-            ─ backend.train_step ─▶ loss; new weights synced to the engine
+            ─ backend.train_step ─▶ loss
+            ─ publisher (backend.publish → engine.load) ─▶ the engine serves the new version
 
-Every variation (which estimator, transform, backend, dynamic sampling, split-mode
-prefetching) enters through the objects of the ``Run``; the step itself has no feature
+Every variation (which estimator, transform, backend, engine, dynamic sampling, sampling
+ahead) enters through the objects of the ``Run``; the step itself has no feature
 switches. Groups whose rewards are all equal carry no signal and are not trained on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import numpy as np
 
-from retrain.types import CreditResult, SampleBatch, TrainBatch, TrainResult
+from retrain.config.schema import Config
+from retrain.credit import CreditPipeline
+from retrain.publication import Publisher
+from retrain.sinks import Sinks
+from retrain.types import (
+    Backend,
+    Collected,
+    Collector,
+    CreditResult,
+    Engine,
+    PlanningDetector,
+    SampleBatch,
+    TrainBatch,
+    TrainResult,
+)
 
-if TYPE_CHECKING:
-    from retrain.run import Run
-    from retrain.sampling import Collected
+
+@dataclass
+class Run:
+    """A built run: its config, where it writes, and every component of a step."""
+
+    config: Config
+    log_dir: Path
+    adapter_dir: Path
+    seed: int
+    backend: Backend
+    engine: Engine
+    collector: Collector
+    planning: PlanningDetector
+    credit: CreditPipeline
+    publisher: Publisher
+    sinks: Sinks
+    start_step: int = 1
+    # What ``close`` releases, in reverse order of building: the collector (its sampling
+    # thread), the engine, the backend, the sinks.
+    resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def close(self) -> None:
+        self.resources.close()
 
 
 @dataclass
@@ -34,11 +70,13 @@ class StepRecord:
     credit: CreditResult
     train: TrainResult
     policy_version: int
+    # Policy versions between the samples and the weights they trained (0 = on-policy).
+    staleness: int
     timings: dict[str, float] = field(default_factory=dict)
 
 
 def rl_step(run: Run, step: int) -> StepRecord:
-    clock = _Clock()
+    clock = Clock()
     collected = run.collector.collect(step)
     clock.lap("collect_time_s")
     samples = collected.samples
@@ -46,11 +84,12 @@ def rl_step(run: Run, step: int) -> StepRecord:
     credit = run.credit(collected.rewards_P_G, samples, planning_N_T, step)
     clock.lap("credit_time_s")
     batch = informative_train_batch(samples, credit, run.config.training.temperature)
-    train = run.backend.train_step(batch) if len(batch.prompt_index_N) else TrainResult(loss=0.0, skipped=True)
+    staleness = run.backend.policy_version - samples.policy_version
+    train = run.backend.train_step(batch) if batch.num_rows else TrainResult(loss=0.0, skipped=True)
     clock.lap("train_time_s")
-    version = run.weights.sync()  # type: ignore[attr-defined]
+    version = run.publisher.publish()
     clock.lap("sync_time_s")
-    return StepRecord(step, collected, credit, train, version, clock.laps)
+    return StepRecord(step, collected, credit, train, version, staleness, clock.laps)
 
 
 def informative_train_batch(samples: SampleBatch, credit: CreditResult, temperature: float) -> TrainBatch:
@@ -69,7 +108,15 @@ def informative_train_batch(samples: SampleBatch, credit: CreditResult, temperat
     )
 
 
-class _Clock:
+class NoPlanning:
+    """The detector when no stage reads planning tokens: every token is an execution token."""
+
+    def detect(self, texts: list[str], token_char_spans: list[list[tuple[int, int]]] | None) -> np.ndarray:
+        width = max((len(spans) for spans in token_char_spans or []), default=0)
+        return np.zeros((len(texts), width), dtype=bool)
+
+
+class Clock:
     """Wall time per stage; ``lap`` books the time since the previous lap."""
 
     def __init__(self) -> None:

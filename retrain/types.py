@@ -380,18 +380,24 @@ class Collector(Protocol):
 
 
 class Sink(Protocol):
-    """A destination for step records (JSONL logs, the console, wandb)."""
+    """A destination for step records (JSONL logs, the console, wandb). A sink class
+    may derive from this protocol to inherit a do-nothing default for every call."""
 
-    def log_step(self, row: Mapping[str, object]) -> None: ...
+    def log_step(self, row: Mapping[str, object]) -> None:
+        """Record one step's metrics row (a flat dict with an integer ``"step"``)."""
 
     def log_generations(self, step: int, examples: Sequence[Example], batch: SampleBatch,
-                        rewards_N: np.ndarray) -> None: ...
+                        rewards_N: np.ndarray) -> None:
+        """Record the trajectories of one step (``examples``: one per prompt)."""
 
-    def truncate_after(self, step: int) -> None: ...
+    def truncate_after(self, step: int) -> None:
+        """Forget everything recorded for steps after ``step`` (used by resume)."""
 
-    def sync(self) -> None: ...
+    def sync(self) -> None:
+        """Make everything recorded so far durable (called before a checkpoint)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Flush and release resources."""
 
 
 class ConfigChecked(Protocol):

@@ -1,5 +1,2 @@
-"""Training backends: local (PyTorch + PEFT), tinker (remote), prime_rl (external trainer).
-
-Every backend follows ``retrain.backends.base.Backend`` and declares its
-``BackendCapabilities``.
-"""
+"""Training backends: each trains the policy and publishes its versions
+(``retrain.types.Backend``), declaring what it guarantees in ``BackendCapabilities``."""

@@ -2,558 +2,91 @@
 
 The model is any ``AutoModelForCausalLM`` (a hub id, a local folder, or ``retrain/tiny``,
 the built-in offline model) whose tokenizer has a chat template: prompts are chat
-messages, formatted by that template (``encode_prompt``). It is trained with LoRA on the
-attention and MLP projections (``[model] lora_rank``, ``[lora] alpha`` (0 = 2 x rank),
-``[lora] dropout``) or, with ``lora_rank = 0``, by full fine-tuning of every weight.
-Weights are bf16 on a GPU and fp32 on the CPU (LoRA weights stay fp32 in both). The
-optimizer is AdamW (``[training] lr``, ``weight_decay``; ``[optimizer] beta1``,
-``beta2``, ``eps``) with global gradient-norm clipping (``[optimizer] grad_clip_norm``,
-0 = off). A model or state file that cannot be loaded is a ``BackendError`` naming it.
+messages, formatted by that template (``encode_prompt``). It trains LoRA adapters or,
+with ``[model] lora_rank = 0``, every weight; the torch side is
+``retrain.backends.local_trainer``. A model or state file that cannot be loaded is a
+``BackendError`` naming it.
 
-One update minimizes the token-level policy-gradient loss of ``retrain.backends.loss``
-over the batch, in micro-batches of ``[backend.options] micro_batch_size`` completions
-(0 = all at once), optionally recomputing activations in the backward pass
-(``gradient_checkpointing``). If the loss or the gradient is not finite the update is
-skipped, the weights stay untouched and the skip is counted.
+Publication: the live model (``in_process``, for the in-process pytorch engine), or a
+folder per version — a PEFT adapter with LoRA, a full model folder with
+``lora_rank = 0`` — for engines with their own copy of the model (servers, plugins).
 
-Devices (``[backend] devices``): one device holds the model, and the in-process engine
-samples from the very same weights. Two devices (``"gpu:0,gpu:1"``, or ``"cpu,cpu"``)
-are split mode: the engine keeps its own copy on the first device and training runs on
-the last; ``sync_engine_weights`` copies the trained weights over under the engine's
-lock, so ``generate`` (sampling step k+1) and ``train_step`` (training step k) can run
-in two threads at once.
+Devices (``[backend] devices``): training runs on the last device listed. With one
+device an in-process engine samples from the very same weights; two devices
+(``"gpu:0,gpu:1"``, or ``"cpu,cpu"``) are split mode, in which the in-process engine
+keeps its own copy on the first device, so that only in-process publication makes sense.
+
+This module imports no torch: its capabilities and checks are read without it.
 """
 
 from __future__ import annotations
 
-import copy
-import logging
-import os
-import pickle
-import resource
-import tempfile
-import threading
-import time
-import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+from retrain.config.schema import Config
+from retrain.devices import device_issues, parse_devices
+from retrain.errors import ConfigIssue
+from retrain.types import BackendCapabilities, Message, PolicyKind, PolicyRef, TrainBatch, TrainResult
 
-from retrain.backends.base import BackendCapabilities
-from retrain.backends.loss import LossStats, policy_gradient_loss, token_logprobs
-from retrain.backends.weights import is_peft_model, save_weights
-from retrain.config.rules import parse_devices
-from retrain.config.schema import Config, LocalOptions
-from retrain.engines.pytorch import PyTorchEngine, left_pad
-from retrain.engines.settings import (
-    attention_implementation,
-    inference_issues,
-    sampling_dtype,
-)
-from retrain.errors import BackendError, ConfigError, ConfigIssue
-from retrain.models.tiny import resolve_model_path
-from retrain.types import Message, TrainBatch, TrainResult
-
-logger = logging.getLogger(__name__)
-
-STATE_FILE = "local_backend_state.pt"
-STATE_FORMAT = 1
-# PEFT's name for "every linear layer except the output head": the attention and MLP projections.
-LORA_TARGETS = "all-linear"
-SMALL_MODEL_PARAMETERS = 10_000_000
-# The files one of transformers' tokenizers is read from; a model folder with none of them
-# has no tokenizer (transformers would build an empty one from config.json alone).
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "spiece.model",
-    "tekken.json",
-)
+if TYPE_CHECKING:
+    from retrain.backends.local_trainer import LocalTrainer
 
 
 class LocalBackend:
-    """Trains a causal LM in this process; see the module docstring."""
+    """Trains a causal LM in this process with PyTorch and PEFT."""
 
-    capabilities = BackendCapabilities(
-        reports_loss=True,
-        preserves_token_advantages=True,
-        exact_resume=True,
-        supports_entropies=True,
-        in_process_engine=True,
-    )
+    @classmethod
+    def capabilities(cls, config: Config) -> BackendCapabilities:
+        folder: PolicyKind = "full_weights" if config.model.lora_rank == 0 else "lora_adapter"
+        split = len(parse_devices(config.backend.devices)) == 2
+        return BackendCapabilities(
+            publishes=("in_process",) if split else ("in_process", folder),
+            reports_loss=True,
+            preserves_token_advantages=True,
+            exact_resume=True,
+            full_finetuning=True,
+        )
+
+    @classmethod
+    def config_issues(cls, config: Config) -> list[ConfigIssue]:
+        issues = device_issues(config.backend.devices)
+        if not issues and config.backend.options.get("cpu_threads") and "cpu" not in parse_devices(config.backend.devices):
+            issues.append(ConfigIssue("", "backend.options", "cpu_threads",
+                                      f"has no effect: no device in \"{config.backend.devices}\" is a CPU",
+                                      "remove it, or train on devices = \"cpu\"", warning=True))
+        return issues
 
     def __init__(self, config: Config) -> None:
-        self.config = config
-        options = config.backend_options()
-        self.options = options if isinstance(options, LocalOptions) else LocalOptions()
-        devices = check_devices(config)
-        issues = inference_issues(config)
-        if issues:
-            raise ConfigError(issues)
-        self.engine_device = torch.device(devices[0])
-        self.train_device = torch.device(devices[-1])
-        self.split = len(devices) == 2
-        self.train_dtype = torch.bfloat16 if self.train_device.type == "cuda" else torch.float32
-        self.full_finetune = config.model.lora_rank == 0
-        self.policy_version = 0
-        self.skipped_updates = 0
-        self.seed = config.training.seed
+        from retrain.backends.local_trainer import LocalTrainer
 
-        self.tokenizer, self.model = self._load_model()
-        self._set_cpu_threads()
-        self.trainable = [(name, param) for name, param in self.model.named_parameters() if param.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            [param for _, param in self.trainable],
-            lr=config.training.lr,
-            betas=(config.optimizer.beta1, config.optimizer.beta2),
-            eps=config.optimizer.eps,
-            weight_decay=config.training.weight_decay,
-            # One kernel for all parameters instead of a dozen small ops per tensor.
-            fused=True,
-        )
-        self._engine = self._build_engine()
-
-    # -------------------------------------------------------------------- construction
-
-    def _set_cpu_threads(self) -> None:
-        """Small models gain nothing from intra-op threads, and on a busy machine the
-        threads' spin-waiting made steps of the tiny model ~20x slower; so ``auto`` uses one
-        thread below ``SMALL_MODEL_PARAMETERS``."""
-        if self.train_device.type != "cpu" and self.engine_device.type != "cpu":
-            return
-        threads = self.options.cpu_threads
-        if threads == 0 and sum(p.numel() for p in self.model.parameters()) < SMALL_MODEL_PARAMETERS:
-            threads = 1
-        if threads:
-            torch.set_num_threads(threads)
-
-    def _load_model(self):  # -> (tokenizer, model)
-        name = self.config.model.model
-        path = resolve_model_path(name)
-        tokenizer = load_tokenizer(name, path)
-        model = load_causal_lm(name, path, self._model_kwargs())
-        model.to(self.train_device)
-        if self.full_finetune:
-            model.requires_grad_(True)
-        else:
-            model = self._add_lora(model)
-        if self.options.gradient_checkpointing:
-            enable = getattr(model, "activation_checkpointing_enable", None)
-            if enable is not None:
-                enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:  # transformers before 5.x
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-        model.train()
-        return tokenizer, model
-
-    def _model_kwargs(self) -> dict[str, object]:
-        kwargs: dict[str, object] = {"dtype": self.train_dtype}
-        attn = attention_implementation(self.config.inference.attention_kernel)
-        if attn is not None:
-            kwargs["attn_implementation"] = attn
-        return kwargs
-
-    def _add_lora(self, model: torch.nn.Module) -> torch.nn.Module:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=self.config.model.lora_rank,
-            lora_alpha=self.config.lora_alpha,
-            lora_dropout=self.config.lora.dropout,
-            target_modules=LORA_TARGETS,
-            task_type="CAUSAL_LM",
-        )
-        # LoRA's A matrices are drawn at random: seed them so a run is reproducible.
-        with torch.random.fork_rng(devices=[self.train_device] if self.train_device.type == "cuda" else []), \
-                warnings.catch_warnings():
-            # PEFT reads a property that transformers 5 renamed; the warning is not ours to act on.
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-            torch.manual_seed(max(self.seed, 0))
-            return get_peft_model(model, lora)
-
-    def _build_engine(self) -> PyTorchEngine:
-        generator = torch.Generator(device=self.engine_device)
-        if self.seed >= 0:
-            generator.manual_seed(self.seed)
-        else:
-            generator.seed()
-        self._train_lock = threading.Lock()
-        if not self.split:
-            # One copy of the weights: sampling and training take turns under one lock.
-            model, lock = self.model, self._train_lock
-        else:
-            engine_dtype = torch.bfloat16 if sampling_dtype(self.config) == "bfloat16" else torch.float32
-            model = copy.deepcopy(self.model).to(device=self.engine_device, dtype=engine_dtype)
-            model.requires_grad_(False)
-            model.eval()
-            lock = threading.Lock()
-            engine_params = dict(model.named_parameters())
-            self._engine_pairs = [(engine_params[name], param) for name, param in self.trainable]
-        return PyTorchEngine(
-            model,
-            self.tokenizer,
-            device=self.engine_device,
-            generator=generator,
-            prefix_caching=self.config.inference.prefix_caching,
-            weights_lock=lock,
-        )
-
-    # ------------------------------------------------------------------------ protocol
-
-    def encode_prompt(self, messages: tuple[Message, ...]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def engine(self) -> PyTorchEngine:
-        return self._engine
-
-    def sync_engine_weights(self) -> int:
-        if self.split:
-            with self._engine.weights_lock, torch.no_grad():
-                for engine_param, param in self._engine_pairs:
-                    engine_param.copy_(param)
-                self._engine.policy_version = self.policy_version
-        else:
-            self._engine.policy_version = self.policy_version
-        return self.policy_version
-
-    def train_step(self, batch: TrainBatch) -> TrainResult:
-        start = time.perf_counter()
-        if self.train_device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.train_device)
-        num_tokens = float(np.asarray(batch.mask_N_T).sum())
-        if num_tokens == 0:
-            return self._skip(start, LossStats(), float("nan"), float("nan"), nonfinite=False)
-        with self._train_lock:
-            self.model.train()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, stats, finite = self._accumulate_gradients(batch, num_tokens)
-            if not finite:
-                self.optimizer.zero_grad(set_to_none=True)
-                return self._skip(start, stats, loss, float("nan"), nonfinite=True)
-            max_norm = self.config.optimizer.grad_clip_norm or float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], max_norm))
-            if not np.isfinite(grad_norm):
-                self.optimizer.zero_grad(set_to_none=True)
-                return self._skip(start, stats, loss, grad_norm, nonfinite=True)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.policy_version += 1
-        return TrainResult(loss=loss, metrics=self._metrics(start, stats, loss, grad_norm, skipped=False))
-
-    def _accumulate_gradients(self, batch: TrainBatch, num_tokens: float) -> tuple[float, LossStats, bool]:
-        """Forward and backward every micro-batch; returns (loss, stats, all finite)."""
-        device = self.train_device
-        prompt_index = torch.as_tensor(np.asarray(batch.prompt_index_N), dtype=torch.long)
-        if len(batch.prompt_token_ids) == 0 or prompt_index.min() < 0 or prompt_index.max() >= len(batch.prompt_token_ids):
-            raise BackendError(
-                f"TrainBatch.prompt_index_N must index its {len(batch.prompt_token_ids)} prompts; "
-                f"got values in [{int(prompt_index.min())}, {int(prompt_index.max())}]"
-            )
-        prompt_ids, prompt_mask = left_pad(batch.prompt_token_ids, self._pad_id(), torch.device("cpu"))
-        tokens = torch.as_tensor(np.asarray(batch.token_ids_N_T), dtype=torch.long)
-        mask = torch.as_tensor(np.asarray(batch.mask_N_T), dtype=torch.bool)
-        tokens = torch.where(mask, tokens, torch.full_like(tokens, self._pad_id()))
-        sampler_logp = torch.as_tensor(np.asarray(batch.sampler_logprobs_N_T), dtype=torch.float32)
-        advantages = torch.as_tensor(np.asarray(batch.token_advantages_N_T), dtype=torch.float32)
-        rows = tokens.shape[0]
-        chunk = self.options.micro_batch_size or rows
-        training = self.config.training
-        total_loss = 0.0
-        stats = LossStats()
-        for begin in range(0, rows, chunk):
-            part = slice(begin, min(begin + chunk, rows))
-            logp = sequence_logprobs(
-                self.model,
-                prompt_ids.to(device),
-                prompt_mask.to(device),
-                prompt_index[part].to(device),
-                tokens[part].to(device),
-                mask[part].to(device),
-                batch.temperature,
-                share_prompts=not self.options.gradient_checkpointing,
-            )
-            loss, part_stats = policy_gradient_loss(
-                logp,
-                sampler_logp[part].to(device),
-                advantages[part].to(device),
-                mask[part].to(device),
-                num_tokens,
-                training.clip_eps,
-                training.clip_eps_high,
-            )
-            stats.add(part_stats)
-            loss_value = float(loss.detach())
-            total_loss += loss_value
-            if not np.isfinite(loss_value):
-                return total_loss, stats, False
-            loss.backward()
-        return total_loss, stats, True
-
-    def _pad_id(self) -> int:
-        return self._engine.pad_token_id
-
-    def _skip(self, start: float, stats: LossStats, loss: float, grad_norm: float, *, nonfinite: bool) -> TrainResult:
-        if nonfinite:
-            logger.warning("update skipped: non-finite loss (%s) or gradient norm (%s); weights unchanged", loss, grad_norm)
-        self.skipped_updates += 1
-        metrics = self._metrics(start, stats, loss, grad_norm, skipped=True)
-        return TrainResult(loss=loss, metrics=metrics, skipped=True)
-
-    def _metrics(self, start: float, stats: LossStats, loss: float, grad_norm: float, *, skipped: bool) -> dict[str, float]:
-        tokens = stats.tokens
-        return {
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "ratio_mean": stats.ratio_sum / tokens if tokens else float("nan"),
-            "ratio_max": stats.ratio_max if tokens else float("nan"),
-            "clip_fraction": stats.clipped_tokens / tokens if tokens else 0.0,
-            "trained_tokens": tokens,
-            "train_time_s": time.perf_counter() - start,
-            "peak_memory_mb": self._peak_memory_mb(),
-            "skipped_updates": float(self.skipped_updates),
-            "policy_version": float(self.policy_version),
-        }
-
-    def _peak_memory_mb(self) -> float:
-        if self.train_device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.train_device) / 2**20
-        # Linux reports ru_maxrss in KiB: the process's peak resident memory.
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    # ----------------------------------------------------------------------- saving
-
-    def save_adapter(self, path: Path) -> None:
-        with self._train_lock:
-            save_weights(self.model, self.tokenizer, Path(path))
-
-    def save_state(self, directory: Path) -> None:
-        state = {
-            "format": STATE_FORMAT,
-            "model": self.config.model.model,
-            "lora_rank": self.config.model.lora_rank,
-            "trainable": {name: param.detach().cpu().clone() for name, param in self.trainable},
-            "optimizer": self.optimizer.state_dict(),
-            "engine_rng": self._engine.rng_state().cpu(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "policy_version": self.policy_version,
-            "skipped_updates": self.skipped_updates,
-        }
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        # Written beside its final name and renamed, so a crash leaves the old state or the new.
-        handle, temp_name = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                torch.save(state, stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temp_name, directory / STATE_FILE)
-        finally:
-            Path(temp_name).unlink(missing_ok=True)
-
-    def load_state(self, directory: Path) -> None:
-        file = Path(directory) / STATE_FILE
-        if not file.is_file():
-            raise BackendError(f"no local backend state in {directory} (expected {STATE_FILE}); resume from a run's log_dir")
-        state = read_state(file)
-        if state.get("format") != STATE_FORMAT:
-            raise BackendError(f"{file} has state format {state.get('format')}; this retrain reads format {STATE_FORMAT}")
-        if state["model"] != self.config.model.model or state["lora_rank"] != self.config.model.lora_rank:
-            raise BackendError(
-                f"{file} was saved for model {state['model']!r} with lora_rank {state['lora_rank']}, but the config has "
-                f"{self.config.model.model!r} with lora_rank {self.config.model.lora_rank}; resume with the same [model]"
-            )
-        saved = state["trainable"]
-        names = [name for name, _ in self.trainable]
-        if sorted(saved) != sorted(names):
-            raise BackendError(f"{file} holds different trainable weights than this model; resume with the same config")
-        with self._train_lock, torch.no_grad():
-            for name, param in self.trainable:
-                param.copy_(saved[name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self._engine.set_rng_state(state["engine_rng"].to(self._engine.rng_state().device))
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.policy_version = int(state["policy_version"])
-        self.skipped_updates = int(state["skipped_updates"])
-        self.sync_engine_weights()
-
-    def shutdown(self) -> None:
-        self._engine = None  # type: ignore[assignment]
-        self.model = None  # type: ignore[assignment]
-        self.optimizer = None  # type: ignore[assignment]
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        self.trainer: LocalTrainer = LocalTrainer(config)
 
     @property
-    def is_lora(self) -> bool:
-        return is_peft_model(self.model)
+    def policy_version(self) -> int:
+        return self.trainer.policy_version
 
+    def encode_prompt(self, messages: tuple[Message, ...]) -> list[int]:
+        return self.trainer.encode_prompt(messages)
 
-MODEL_FIX = (
-    "give a local model folder (config.json, weights and tokenizer files, as save_pretrained writes them), "
-    "a Hugging Face id reachable from this machine (or already in its cache), or \"retrain/tiny\""
-)
+    def train_step(self, batch: TrainBatch) -> TrainResult:
+        return self.trainer.train_step(batch)
 
+    def publish(self, kind: PolicyKind, directory: Path) -> PolicyRef:
+        return self.trainer.publish(kind, directory)
 
-def load_tokenizer(name: str, path: str):  # -> transformers.PreTrainedTokenizerBase
-    """The tokenizer of ``[model] model`` (``name``, loaded from ``path``), with a chat
-    template; any reason it cannot serve is a ``BackendError``, raised before the
-    weights load."""
-    from transformers import AutoTokenizer
+    def save_adapter(self, path: Path) -> None:
+        self.trainer.save_adapter(path)
 
-    where = f"[model] model = \"{name}\""
-    folder = Path(path)
-    if (folder.is_absolute() or path.startswith(("./", "../"))) and not folder.exists():
-        raise BackendError(f"{where}: there is no folder {folder}; {MODEL_FIX}")
-    if folder.is_dir() and not any((folder / file).is_file() for file in TOKENIZER_FILES):
-        raise BackendError(
-            f"{where}: the folder {folder} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
-            "save the tokenizer next to the model (tokenizer.save_pretrained(folder)), or " + MODEL_FIX
-        )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        # OSError: missing files, unreachable hub id, invalid config.json; ValueError:
-        # unreadable or unsupported tokenizer files (json.JSONDecodeError among them).
-        raise BackendError(f"{where}: its tokenizer could not be loaded from {path}: {exc} — {MODEL_FIX}") from exc
-    if not tokenizer.chat_template:
-        raise BackendError(
-            f"{where}: its tokenizer has no chat template, so prompts (chat messages) cannot be formatted for it — "
-            "typical of a base model; use an instruct/chat model, or a model folder whose tokenizer_config.json "
-            "has a \"chat_template\" (or that holds a chat_template.jinja)"
-        )
-    return tokenizer
+    def save_state(self, directory: Path) -> None:
+        self.trainer.save_state(directory)
 
+    def load_state(self, directory: Path) -> None:
+        self.trainer.load_state(directory)
 
-def load_causal_lm(name: str, path: str, kwargs: dict[str, object]) -> torch.nn.Module:
-    """The weights of ``[model] model`` (``name``, loaded from ``path``); a folder or id
-    that holds no loadable causal LM is a ``BackendError``."""
-    from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM
+    def close(self) -> None:
+        # Dropping the trainer (model, optimizer) is what frees their memory.
+        if self.__dict__.pop("trainer", None) is not None:
+            from retrain.backends.local_trainer import release_memory
 
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError, RuntimeError) as exc:
-        # OSError: no weights file, invalid config.json, unreachable hub id; ValueError: no
-        # or unknown model_type; SafetensorError / UnpicklingError: a corrupt weights file;
-        # RuntimeError: a truncated pytorch_model.bin, or weights whose shapes do not match
-        # config.json (the message carries transformers' report either way).
-        raise BackendError(f"[model] model = \"{name}\": the model could not be loaded from {path}: {exc} — {MODEL_FIX}") from exc
-
-
-def read_state(file: Path) -> dict:
-    """The dict ``save_state`` wrote to ``file``; an unreadable file is a ``BackendError``."""
-    fix = "resume from another checkpoint, or start the run afresh without resuming"
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        # Garbage bytes fail to unpickle, a truncated file fails in torch's zip reader, an
-        # empty one ends at once.
-        raise BackendError(f"{file} is corrupt or truncated and cannot be read ({type(exc).__name__}: {exc}); {fix}") from exc
-    if not isinstance(state, dict):
-        raise BackendError(f"{file} holds a {type(state).__name__}, not local backend state; {fix}")
-    return state
-
-
-def check_devices(config: Config) -> list[str]:
-    """The parsed ``[backend] devices``; an unusable device is a ``ConfigError``."""
-    try:
-        devices = parse_devices(config.backend.devices)
-    except ValueError as exc:
-        raise ConfigError(ConfigIssue("", "backend", "devices", str(exc), "write cpu, gpu:N or cuda:N")) from exc
-    if len(devices) > 2:
-        raise ConfigError(ConfigIssue("", "backend", "devices", f"{len(devices)} devices given; split mode uses two",
-                                      "list one device, or two (sampling on the first, training on the last)"))
-    for device in devices:
-        if not device.startswith("cuda"):
-            continue
-        if not torch.cuda.is_available():
-            raise ConfigError(ConfigIssue(
-                "", "backend", "devices",
-                f"{config.backend.devices!r} asks for a GPU, but this PyTorch sees no CUDA device "
-                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})",
-                "set devices = \"cpu\", or install a CUDA build of PyTorch on a machine with a GPU",
-            ))
-        index = int(device.split(":")[1])
-        if index >= torch.cuda.device_count():
-            raise ConfigError(ConfigIssue(
-                "", "backend", "devices", f"{device} does not exist: {torch.cuda.device_count()} CUDA device(s) visible",
-                f"use an index below {torch.cuda.device_count()}",
-            ))
-    return devices
-
-
-def sequence_logprobs(
-    model: torch.nn.Module,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    prompt_index: torch.Tensor,
-    tokens: torch.Tensor,
-    mask: torch.Tensor,
-    temperature: float,
-    share_prompts: bool = True,
-) -> torch.Tensor:
-    """``log softmax(logits / temperature)`` of each completion token given its prompt ([N, T]).
-
-    ``prompt_ids``/``prompt_mask`` are the left-padded prompts ``[P, L]``; completion
-    ``i`` continues prompt ``prompt_index[i]`` and is right-padded (``mask`` marks its
-    real tokens). Right padding is invisible to earlier tokens under the causal mask, so an
-    explicit attention mask is only needed when some prompt is left-padded.
-
-    With ``share_prompts`` each distinct prompt is run once and its keys and values are
-    gathered for every completion that continues it (autograd carries the completions'
-    gradients back through that gather), the training-side twin of the engine's prefix
-    caching: a group of G completions costs one prompt instead of G. Otherwise every row
-    runs ``[prompt | completion]`` in full.
-    """
-    width = tokens.shape[1]
-    left_padded = not bool(prompt_mask.all())
-    if not share_prompts:
-        input_ids = torch.cat([prompt_ids[prompt_index], tokens], dim=1)
-        attention_mask = position_ids = None
-        if left_padded:
-            attention_mask = torch.cat([prompt_mask[prompt_index], mask.to(prompt_mask.dtype)], dim=1)
-            position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            logits_to_keep=width + 1,
-        ).logits[:, :width]
-        return token_logprobs(logits, tokens, temperature)
-
-    used, row_of_prompt = torch.unique(prompt_index, return_inverse=True)
-    used_mask = prompt_mask[used]
-    prefill = model(
-        input_ids=prompt_ids[used],
-        attention_mask=used_mask if left_padded else None,
-        position_ids=(used_mask.cumsum(dim=1) - 1).clamp(min=0),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    first_logits = prefill.logits[:, -1][row_of_prompt]
-    if width == 1:
-        return token_logprobs(first_logits[:, None], tokens, temperature)
-    cache = prefill.past_key_values
-    cache.batch_select_indices(row_of_prompt)
-    row_mask = used_mask[row_of_prompt]
-    positions = row_mask.sum(dim=1, keepdim=True) + torch.arange(width - 1, device=tokens.device)
-    attention_mask = torch.cat([row_mask, mask[:, :-1].to(row_mask.dtype)], dim=1) if left_padded else None
-    rest = model(
-        input_ids=tokens[:, :-1],
-        attention_mask=attention_mask,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-    ).logits
-    return token_logprobs(torch.cat([first_logits[:, None], rest], dim=1), tokens, temperature)
+            release_memory()

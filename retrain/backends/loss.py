@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from retrain.engines.sampler import cache_argument_name, output_cache
+
 
 @dataclass
 class LossStats:
@@ -85,3 +87,70 @@ def policy_gradient_loss(
             mask.sum(),
         ]).tolist()
     return loss, LossStats(ratio_sum, ratio_max, clipped_tokens, tokens)
+
+
+def sequence_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    prompt_index: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+    share_prompts: bool = True,
+) -> torch.Tensor:
+    """``log softmax(logits / temperature)`` of each completion token given its prompt ([N, T]).
+
+    ``prompt_ids``/``prompt_mask`` are the left-padded prompts ``[P, L]``; completion
+    ``i`` continues prompt ``prompt_index[i]`` and is right-padded (``mask`` marks its
+    real tokens). Right padding is invisible to earlier tokens under the causal mask, so an
+    explicit attention mask is only needed when some prompt is left-padded.
+
+    With ``share_prompts`` each distinct prompt is run once and its keys and values are
+    gathered for every completion that continues it (autograd carries the completions'
+    gradients back through that gather), the training-side twin of the engine's prefix
+    caching: a group of G completions costs one prompt instead of G. Otherwise every row
+    runs ``[prompt | completion]`` in full.
+    """
+    width = tokens.shape[1]
+    left_padded = not bool(prompt_mask.all())
+    if not share_prompts:
+        input_ids = torch.cat([prompt_ids[prompt_index], tokens], dim=1)
+        attention_mask = position_ids = None
+        if left_padded:
+            attention_mask = torch.cat([prompt_mask[prompt_index], mask.to(prompt_mask.dtype)], dim=1)
+            position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        logits = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            logits_to_keep=width + 1,
+        ).logits[:, :width]
+        return token_logprobs(logits, tokens, temperature)
+
+    used, row_of_prompt = torch.unique(prompt_index, return_inverse=True)
+    used_mask = prompt_mask[used]
+    prefill = model(
+        input_ids=prompt_ids[used],
+        attention_mask=used_mask if left_padded else None,
+        position_ids=(used_mask.cumsum(dim=1) - 1).clamp(min=0),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    first_logits = prefill.logits[:, -1][row_of_prompt]
+    if width == 1:
+        return token_logprobs(first_logits[:, None], tokens, temperature)
+    cache = output_cache(prefill)
+    cache.batch_select_indices(row_of_prompt)
+    row_mask = used_mask[row_of_prompt]
+    positions = row_mask.sum(dim=1, keepdim=True) + torch.arange(width - 1, device=tokens.device)
+    attention_mask = torch.cat([row_mask, mask[:, :-1].to(row_mask.dtype)], dim=1) if left_padded else None
+    rest = model(
+        input_ids=tokens[:, :-1],
+        attention_mask=attention_mask,
+        position_ids=positions,
+        use_cache=True,
+        **{cache_argument_name(model): cache},
+    ).logits
+    return token_logprobs(torch.cat([first_logits[:, None], rest], dim=1), tokens, temperature)

@@ -83,6 +83,7 @@ def run_graph_text(plan: dict[str, object]) -> str:
     if credit.get("surprisal_mask_rho"):
         lines.append(f"  {'masking':<12} keep the top {credit['surprisal_mask_rho']} most uncertain tokens per group")
     component("backend", "backend")
+    lines.append(f"  {'publish':<12} {plan['publication']}: the backend publishes each update, the engine loads it")
     lines.append("  probe        a synthetic batch went through the credit pipeline: ok")
     return "\n".join(lines) + "\n"
 

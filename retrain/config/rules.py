@@ -9,32 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import re
 from collections.abc import Callable
 
 from retrain import registry_names
 from retrain.config.schema import Config
 from retrain.errors import ConfigIssue
 
-HTTP_ENGINES = ("vllm", "sglang", "openai", "max", "mlx")
-_DEVICE = re.compile(r"^(cpu|gpu:\d+|cuda:\d+)$")
-
 Sources = dict[tuple[str, str], str]
-
-
-def parse_devices(devices: str) -> list[str]:
-    """Split ``[backend] devices`` into normalized torch device strings.
-
-    ``gpu:N`` and ``cuda:N`` both mean ``cuda:N``; ``cpu`` stays ``cpu``. Raises
-    ``ValueError`` naming the bad entry for anything else.
-    """
-    parsed = []
-    for item in devices.split(","):
-        name = item.strip().lower()
-        if not _DEVICE.match(name):
-            raise ValueError(f"'{item.strip()}' is not a device")
-        parsed.append("cpu" if name == "cpu" else "cuda:" + name.split(":")[1])
-    return parsed
 
 
 def _where(sources: Sources, section: str, key: str) -> str:
@@ -43,45 +24,6 @@ def _where(sources: Sources, section: str, key: str) -> str:
 
 def _issue(sources: Sources, section: str, key: str, problem: str, fix: str) -> ConfigIssue:
     return ConfigIssue(_where(sources, section, key), section, key, problem, fix)
-
-
-def _devices(config: Config, sources: Sources) -> list[ConfigIssue]:
-    try:
-        devices = parse_devices(config.backend.devices)
-    except ValueError as exc:
-        return [_issue(sources, "backend", "devices", str(exc),
-                       "write cpu, gpu:N or cuda:N, comma-separated for split mode (e.g. \"gpu:0,gpu:1\")")]
-    if len(devices) > 2:
-        return [_issue(sources, "backend", "devices", f"{len(devices)} devices given; split mode uses two",
-                       "list one device, or two (sampling on the first, training on the last)")]
-    if len(devices) == 2 and config.inference.engine != "pytorch":
-        return [_issue(sources, "backend", "devices", "split mode puts the in-process pytorch engine on the first "
-                       f"device, but [inference] engine = \"{config.inference.engine}\" samples on its own",
-                       "list only the training device")]
-    return []
-
-
-def _shannon_entropy(config: Config, sources: Sources) -> list[ConfigIssue]:
-    if config.algorithm.uncertainty_kind != "shannon_entropy":
-        return []
-    if config.inference.engine == "pytorch" and config.backend.backend == "local":
-        return []
-    return [_issue(sources, "algorithm", "uncertainty_kind",
-                   "shannon_entropy needs the full next-token distribution, which only the in-process pytorch "
-                   f"engine on the local backend provides (engine = \"{config.inference.engine}\", "
-                   f"backend = \"{config.backend.backend}\")",
-                   "use uncertainty_kind = \"surprisal\" or \"predictive_variance\", or engine = \"pytorch\" "
-                   "with backend = \"local\"")]
-
-
-def _prime_rl(config: Config, sources: Sources) -> list[ConfigIssue]:
-    if config.backend.backend != "prime_rl":
-        return []
-    if config.backend.options.get("strict_advantages", True) is False:
-        return [_issue(sources, "backend.options", "strict_advantages",
-                       "prime_rl must receive per-token advantages unchanged; false would let them be aggregated silently",
-                       "remove the key or set strict_advantages = true")]
-    return []
 
 
 def _environment(config: Config, sources: Sources) -> list[ConfigIssue]:
@@ -122,40 +64,6 @@ def _reward(config: Config, sources: Sources) -> list[ConfigIssue]:
         return [_issue(sources, "reward", "judge_model", f"is only used with type = \"judge\" (type is \"{reward.type}\")",
                        "set type = \"judge\" or remove judge_model")]
     return []
-
-
-def _engine(config: Config, sources: Sources) -> list[ConfigIssue]:
-    inference = config.inference
-    if inference.engine in HTTP_ENGINES and not inference.url and config.backend.backend != "tinker":
-        return [_issue(sources, "inference", "url", f"engine = \"{inference.engine}\" needs the server URL",
-                       "set url, e.g. \"http://localhost:8000\"")]
-    if inference.engine == "pytorch" and inference.url:
-        return [_issue(sources, "inference", "url", "the in-process pytorch engine does not use a server URL",
-                       "remove url, or choose an HTTP engine (vllm, sglang, openai, max, mlx)")]
-    return []
-
-
-def _inference(config: Config, sources: Sources) -> list[ConfigIssue]:
-    """What the in-process pytorch engine cannot honour on the configured devices."""
-    from retrain.engines.settings import inference_issues
-
-    try:
-        parse_devices(config.backend.devices)
-    except ValueError:
-        return []  # reported by _devices
-    return [dataclasses.replace(issue, where=_where(sources, issue.section, issue.key))
-            for issue in inference_issues(config)]
-
-
-def _model(config: Config, sources: Sources) -> list[ConfigIssue]:
-    issues = []
-    if config.model.base_url and config.backend.backend != "tinker":
-        issues.append(_issue(sources, "model", "base_url", "is the Tinker service URL; it is only used by backend = \"tinker\"",
-                             "remove base_url or set backend = \"tinker\""))
-    if config.model.lora_rank == 0 and config.backend.backend != "local":
-        issues.append(_issue(sources, "model", "lora_rank", "0 (full fine-tuning) is only supported by the local backend",
-                             "set lora_rank > 0"))
-    return issues
 
 
 def _data(config: Config, sources: Sources) -> list[ConfigIssue]:
@@ -244,15 +152,9 @@ def _campaign(config: Config, sources: Sources) -> list[ConfigIssue]:
 
 
 RULES: tuple[Callable[[Config, Sources], list[ConfigIssue]], ...] = (
-    _devices,
-    _shannon_entropy,
-    _prime_rl,
     _environment,
     _backpressure,
     _reward,
-    _engine,
-    _inference,
-    _model,
     _data,
     _group_size,
     _paths,
@@ -344,15 +246,6 @@ def _unused_by_run(config: Config, sources: Sources) -> list[ConfigIssue]:
     if not config.backpressure.enabled:
         unused("backpressure", tuple(f.name for f in dataclasses.fields(config.backpressure) if f.name != "enabled"),
                "backpressure is off", "remove it")
-    if config.backend.backend == "local" and config.backend.options.get("cpu_threads"):
-        try:
-            on_cpu = "cpu" in parse_devices(config.backend.devices)
-        except ValueError:
-            on_cpu = True  # reported by _devices
-        if not on_cpu:
-            warnings.append(_issue(sources, "backend.options", "cpu_threads",
-                                   f"has no effect: no device in \"{config.backend.devices}\" is a CPU",
-                                   "remove it, or train on devices = \"cpu\""))
     return warnings
 
 

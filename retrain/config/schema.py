@@ -32,6 +32,7 @@ def setting(
     flag: str | None = None,
     toml_key: str | None = None,
     aliases: tuple[str, ...] = (),
+    component_setting: bool = False,
 ) -> Any:
     """Declare one setting.
 
@@ -39,7 +40,9 @@ def setting(
     kinds that accept plugins) a dotted path. ``flag`` claims a short CLI flag for a
     key whose name is not unique (``--model`` for ``[model].model``). ``toml_key`` is the
     key as written in TOML when it is not a Python identifier (``[resume] from``).
-    ``aliases`` are older TOML spellings still accepted.
+    ``aliases`` are older TOML spellings still accepted. ``component_setting`` marks a
+    setting only some backends or engines read (they list it in their capabilities'
+    ``reads``): setting it when neither the chosen backend nor engine reads it is an error.
     """
     metadata = {
         "help": help,
@@ -53,6 +56,7 @@ def setting(
         "flag": flag,
         "toml_key": toml_key,
         "aliases": aliases,
+        "component_setting": component_setting,
     }
     if isinstance(default, (list, dict)):
         frozen_default = default
@@ -139,7 +143,7 @@ class ModelConfig:
         "Qwen/Qwen3-4B-Instruct-2507", "Hugging Face model id, local path, or retrain/tiny (built-in offline model)",
         flag="model",
     )
-    base_url: str = setting("", "Tinker service URL (tinker backend only)")
+    base_url: str = setting("", "Tinker service URL (tinker backend only)", component_setting=True)
     lora_rank: int = setting(32, "LoRA rank; 0 = full fine-tuning (local backend only)", ge=0, le=65536)
 
 
@@ -197,6 +201,10 @@ class TrainingConfig:
     )
     dynamic_sampling_max_rounds: int = setting(
         2, "Extra sampling rounds per step allowed for dynamic sampling", ge=1, le=1000
+    )
+    max_staleness: int = setting(
+        0, "Policy versions a step's samples may lag behind: 0 = on-policy; k >= 1 samples up to k steps ahead "
+        "while training", ge=0, le=1000,
     )
 
 
@@ -276,7 +284,7 @@ class InferenceConfig:
         "pytorch", "Inference engine: pytorch (in-process), vllm, sglang, openai, max, mlx or a dotted path",
         plugin_kind="engine",
     )
-    url: str = setting("", "Server URL for HTTP engines (vllm, sglang, openai, max, mlx)")
+    url: str = setting("", "Server URL for HTTP engines (vllm, sglang, openai, max, mlx)", component_setting=True)
     attention_kernel: str = setting(
         "default", "Attention implementation", choices=("default", "flash", "triton", "tk", "cutlass")
     )
@@ -291,6 +299,12 @@ class RewardConfig:
     judge_model: str = setting("", "Model used by the judge reward, e.g. gpt-4o-mini")
     custom_module: str = setting("", "Module holding the custom reward function (type = \"custom\")")
     custom_function: str = setting("score", "Function name in custom_module")
+
+    @property
+    def plugin_name(self) -> str:
+        """The registry name of this reward: the built-in ``type``, or for ``type =
+        "custom"`` the user's function as the dotted path ``custom_module.custom_function``."""
+        return f"{self.custom_module}.{self.custom_function}" if self.type == "custom" else self.type
 
 
 @dataclass(frozen=True)
@@ -417,6 +431,7 @@ class FieldSpec:
     secret: bool
     flag: str | None
     aliases: tuple[str, ...]
+    component_setting: bool
 
     @property
     def dotted(self) -> str:
@@ -461,6 +476,7 @@ def fields_of(cls: type, section: str) -> list[FieldSpec]:
                 secret=meta["secret"],
                 flag=meta["flag"],
                 aliases=meta["aliases"],
+                component_setting=meta["component_setting"],
             )
         )
     return specs

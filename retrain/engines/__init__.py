@@ -1,4 +1,2 @@
-"""Inference engines: the in-process PyTorch engine and OpenAI-compatible HTTP engines.
-
-Every engine follows ``retrain.engines.base.Engine``.
-"""
+"""Inference engines: each samples trajectories and loads published policies
+(``retrain.types.Engine``), declaring what it can load in ``EngineCapabilities``."""

@@ -1,360 +1,162 @@
-"""The in-process PyTorch engine: batched sampling straight from the training model.
+"""The in-process PyTorch engine: samples from the policy of a backend in this process.
 
-One ``generate`` call samples ``n`` completions for each of ``P`` prompts in a single
-batch of ``N = P * n`` rows:
+It loads ``in_process`` publications (``PolicyRef.in_process``: the live model, its
+tokenizer and weights lock). With one device in ``[backend] devices`` it samples from the
+training model's own weights, taking turns with training under the shared lock; with two
+(split mode) it keeps its own copy on the first device and refreshes it from the trained
+weights at every load, so sampling and training can run at once on different devices
+(``[training] max_staleness`` decides whether they do). The batched sampler itself is
+``retrain.engines.sampler``.
 
-1. Prefill. The prompts are left-padded into one ``[P, L]`` batch and run once. With
-   ``prefix_caching`` each prompt's KV cache is computed once and repeated for its ``n``
-   completions; without it the ``N`` rows are prefilled separately.
-2. Decode. Each step draws one token per row from ``softmax(logits / temperature)``
-   (restricted to the top-p nucleus when ``top_p < 1``), records its log-probability
-   ``log softmax(logits / temperature)[token]`` under the full temperature-scaled
-   distribution (what the trainer recomputes, so the importance ratio is exactly 1
-   on-policy) and, when asked, the Shannon entropy ``-sum_v p(v) log p(v)`` of that
-   distribution. A row stops at an end-of-sequence token ("stop") or after
-   ``max_tokens`` tokens ("length").
-3. Finished rows are dropped from the batch (their KV cache rows with them) once enough
-   of them have finished to pay for the copy, so they stop costing compute.
+What each ``[inference]`` key means here; a value the engine cannot honour is a
+configuration error, reported before any model loads:
 
-Sampling draws only from the engine's own ``torch.Generator``: with the same seed,
-weights and prompts it returns the same completions, and its state is saved and restored
-for exact resume. On one device the engine shares the training model's weights; in split
-mode it owns a copy that the backend refreshes after each update, under ``weights_lock``
-so a generation never sees half-copied weights.
+- ``attention_kernel``: ``default`` keeps the model's own attention (PyTorch SDPA for
+  current transformers models); ``flash`` selects ``flash_attention_2``, which needs the
+  ``flash_attn`` package and a CUDA device; ``triton``, ``tk`` and ``cutlass`` name
+  kernels of serving engines and are refused.
+- ``dtype``: ``auto`` samples in the training dtype (bf16 on a GPU, fp32 on the CPU);
+  ``bf16`` samples in bf16, which on the CPU needs split mode (the engine's own copy is
+  cast; a single device shares the fp32 training weights). ``fp8``/``fp4`` are refused.
+- ``kv_cache_dtype``: the KV cache is kept in the sampling dtype, so ``auto`` always
+  works and ``bf16`` works exactly when sampling runs in bf16; ``fp8``/``int8`` are
+  refused.
+- ``prefix_caching``: each prompt's KV cache is computed once and shared by its group
+  (true) or computed once per completion (false).
+
+This module imports torch only when the engine is built, so ``retrain explain`` reads
+its capabilities and checks without it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import logging
-import threading
-from collections.abc import Iterator, Sequence
+import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+from retrain.config.schema import Config
+from retrain.devices import device_issues, parse_devices
+from retrain.errors import ConfigIssue, EngineError
+from retrain.types import EngineCapabilities, PolicyRef, SampleBatch, SamplingParams
 
-from retrain.errors import EngineError
-from retrain.types import SampleBatch
+if TYPE_CHECKING:
+    from retrain.engines.sampler import Sampler
 
-logger = logging.getLogger(__name__)
+SERVING_ONLY_KERNELS = ("triton", "tk", "cutlass")
+STATE_FILE = "pytorch_engine_state.pt"
 
-# Dropping finished rows copies the whole KV cache; do it once at least this fraction of
-# the current batch has finished (and always when every row has).
-COMPACT_FRACTION = 0.125
+
+def attention_implementation(kernel: str) -> str | None:
+    """The transformers ``attn_implementation`` for a valid ``attention_kernel``."""
+    return "flash_attention_2" if kernel == "flash" else None
+
+
+def sampling_dtype(config: Config) -> str:
+    """``"bfloat16"`` or ``"float32"``: the dtype the engine samples in."""
+    devices = parse_devices(config.backend.devices)
+    if devices[0].startswith("cuda") or config.inference.dtype == "bf16":
+        return "bfloat16"
+    return "float32"
 
 
 class PyTorchEngine:
-    """Samples from a Hugging Face causal LM held in this process.
+    """Samples in this process from an ``in_process`` publication; see the module docstring."""
 
-    ``model`` is the (possibly PEFT-wrapped) causal LM; ``weights_lock`` is held for the
-    whole of each ``generate`` call, and by whoever changes the weights.
-    """
+    @classmethod
+    def capabilities(cls, config: Config) -> EngineCapabilities:
+        return EngineCapabilities(loads=("in_process",), entropies=True, exact_resume=True)
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        tokenizer,  # transformers.PreTrainedTokenizerBase
-        *,
-        device: torch.device | str,
-        generator: torch.Generator,
-        prefix_caching: bool = True,
-        weights_lock: threading.Lock | None = None,
-        eos_token_ids: Sequence[int] | None = None,
-    ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.device = torch.device(device)
-        self.generator = generator
-        self.prefix_caching = prefix_caching
-        self.weights_lock = weights_lock if weights_lock is not None else threading.Lock()
-        self.eos_token_ids = sorted(set(eos_token_ids if eos_token_ids is not None else _eos_ids(model, tokenizer)))
-        if not self.eos_token_ids:
-            raise EngineError("the tokenizer and model define no end-of-sequence token; sampling could never stop")
-        pad = tokenizer.pad_token_id
-        self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
+    @classmethod
+    def config_issues(cls, config: Config) -> list[ConfigIssue]:
+        issues = device_issues(config.backend.devices)
+        return issues or inference_issues(config, importlib.util.find_spec("flash_attn") is not None)
+
+    def __init__(self, config: Config) -> None:
+        devices = parse_devices(config.backend.devices)
+        self.device = devices[0]
+        self.own_copy = len(devices) == 2
+        self.dtype = sampling_dtype(config)
+        self.prefix_caching = config.inference.prefix_caching
+        self.seed = config.training.seed
         self.policy_version = 0
-        self.spans = SpanDecoder(tokenizer)
+        self.sampler: Sampler | None = None
 
-    # ----------------------------------------------------------------------------- RNG
+    def load(self, ref: PolicyRef) -> None:
+        if ref.kind != "in_process" or ref.in_process is None:
+            raise EngineError(f"the pytorch engine samples from a policy in this process; it was given a {ref.kind} "
+                              "reference — pair it with a backend that publishes in_process (backend = \"local\")")
+        from retrain.engines import sampler
 
-    def rng_state(self) -> torch.Tensor:
-        return self.generator.get_state()
+        if self.sampler is None:
+            self.sampler = sampler.attach(ref.in_process, self.device, self.dtype, self.own_copy,
+                                          self.prefix_caching, self.seed)
+        elif self.own_copy:
+            sampler.refresh_copy(self.sampler, ref.in_process)
+        self.sampler.policy_version = ref.version
+        self.policy_version = ref.version
 
-    def set_rng_state(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state)
+    def generate(self, prompt_token_ids: list[list[int]], params: SamplingParams) -> SampleBatch:
+        return self._attached().generate(prompt_token_ids, params)
 
-    # ------------------------------------------------------------------------ sampling
+    def save_state(self, directory: Path) -> None:
+        from retrain.engines import sampler
 
-    def generate(
-        self,
-        prompt_token_ids: list[list[int]],
-        n: int,
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-        want_entropies: bool = False,
-    ) -> SampleBatch:
-        if not prompt_token_ids or any(len(ids) == 0 for ids in prompt_token_ids):
-            raise EngineError("generate needs at least one prompt, and every prompt needs at least one token")
-        if n < 1 or max_tokens < 1 or temperature <= 0 or not 0 < top_p <= 1:
-            raise EngineError(
-                f"invalid sampling request: n={n}, max_tokens={max_tokens}, temperature={temperature}, top_p={top_p}"
-            )
-        with self.weights_lock, _eval_mode(self.model), torch.inference_mode():
-            version = self.policy_version
-            tokens, logprobs, entropies, lengths, stopped = self._sample(
-                prompt_token_ids, n, max_tokens, temperature, top_p, want_entropies
-            )
-        return self._package(prompt_token_ids, n, tokens, logprobs, entropies, lengths, stopped, version)
+        sampler.save_rng(self._attached(), Path(directory) / STATE_FILE)
 
-    def _prefill(self, prompts: list[list[int]], n: int):
-        """Run the prompts once; return the KV cache, next-token logits, attention mask and
-        next position for each of the ``len(prompts) * n`` rows, and whether a mask is needed."""
-        prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id, self.device)
-        if not self.prefix_caching:
-            prompt_ids = prompt_ids.repeat_interleave(n, dim=0)
-            prompt_mask = prompt_mask.repeat_interleave(n, dim=0)
-        # Without left padding the causal mask alone is exact, and attention skips building
-        # an explicit mask (new tokens are appended to every row alike).
-        needs_mask = not bool(prompt_mask.all())
-        out = self.model(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask if needs_mask else None,
-            position_ids=(prompt_mask.cumsum(dim=1) - 1).clamp(min=0),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache, last_logits, attention = out.past_key_values, out.logits[:, -1], prompt_mask
-        next_position = prompt_mask.sum(dim=1)
-        if self.prefix_caching and n > 1:
-            cache.batch_repeat_interleave(n)
-            last_logits = last_logits.repeat_interleave(n, dim=0)
-            attention = attention.repeat_interleave(n, dim=0)
-            next_position = next_position.repeat_interleave(n)
-        return cache, last_logits, attention, next_position, needs_mask
+    def load_state(self, directory: Path) -> None:
+        from retrain.engines import sampler
 
-    def _sample(
-        self,
-        prompts: list[list[int]],
-        n: int,
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-        want_entropies: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        device = self.device
-        num_rows = len(prompts) * n
-        cache, last_logits, attention, next_position, needs_mask = self._prefill(prompts, n)
-        tokens_out = torch.full((num_rows, max_tokens), self.pad_token_id, dtype=torch.long, device=device)
-        logprobs_out = torch.zeros((num_rows, max_tokens), dtype=torch.float32, device=device)
-        entropies_out = torch.zeros((num_rows, max_tokens), dtype=torch.float32, device=device) if want_entropies else None
-        lengths = torch.full((num_rows,), max_tokens, dtype=torch.long, device=device)
-        stopped = torch.zeros(num_rows, dtype=torch.bool, device=device)
-        eos_ids = torch.tensor(self.eos_token_ids, device=device)
+        sampler.load_rng(self._attached(), Path(directory) / STATE_FILE)
 
-        rows = torch.arange(num_rows, device=device)  # original row of each batch position
-        alive = torch.ones(num_rows, dtype=torch.bool, device=device)
-        for step in range(max_tokens):
-            logp = torch.log_softmax(last_logits.float() / temperature, dim=-1)
-            token = sample_tokens(logp, top_p, self.generator)
-            # Rows that finished but are not dropped yet write past their end here; the
-            # recorded lengths mask that out in _package.
-            tokens_out[rows, step] = token
-            logprobs_out[rows, step] = logp.gather(1, token[:, None])[:, 0]
-            if entropies_out is not None:
-                entropies_out[rows, step] = torch.special.entr(logp.exp()).sum(dim=-1)
-            is_eos = token == eos_ids[0] if len(eos_ids) == 1 else torch.isin(token, eos_ids)
-            finished = alive & is_eos
-            if bool(finished.any()):
-                lengths[rows[finished]] = step + 1
-                stopped[rows[finished]] = True
-                alive = alive & ~finished
-            if step == max_tokens - 1:
-                break
-            num_alive = int(alive.sum())
-            if num_alive == 0:
-                break
-            if len(rows) - num_alive >= max(1.0, COMPACT_FRACTION * len(rows)):
-                keep = alive.nonzero()[:, 0]
-                cache.batch_select_indices(keep)
-                rows, token, attention, next_position = rows[keep], token[keep], attention[keep], next_position[keep]
-                alive = alive[keep]
-            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-            out = self.model(
-                input_ids=token[:, None],
-                attention_mask=attention if needs_mask else None,
-                position_ids=next_position[:, None],
-                past_key_values=cache,
-                use_cache=True,
-            )
-            cache = out.past_key_values
-            last_logits = out.logits[:, -1]
-            next_position = next_position + 1
-        return tokens_out, logprobs_out, entropies_out, lengths, stopped
+    def close(self) -> None:
+        self.sampler = None
 
-    def _package(
-        self,
-        prompts: list[list[int]],
-        n: int,
-        tokens: torch.Tensor,
-        logprobs: torch.Tensor,
-        entropies: torch.Tensor | None,
-        lengths: torch.Tensor,
-        stopped: torch.Tensor,
-        version: int,
-    ) -> SampleBatch:
-        width = int(lengths.max())
-        lengths_N = lengths.cpu().numpy()
-        mask_N_T = np.arange(width)[None, :] < lengths_N[:, None]
-        token_ids_N_T = tokens[:, :width].cpu().numpy()
-        token_ids_N_T[~mask_N_T] = self.pad_token_id
-        logprobs_N_T = np.where(mask_N_T, logprobs[:, :width].cpu().numpy(), 0.0).astype(np.float32)
-        entropies_N_T = None
-        if entropies is not None:
-            entropies_N_T = np.where(mask_N_T, entropies[:, :width].cpu().numpy(), 0.0).astype(np.float32)
-        rows = [token_ids_N_T[row, : lengths_N[row]].tolist() for row in range(len(lengths_N))]
-        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        spans = self.spans.batch_spans(rows, texts)
-        return SampleBatch(
-            prompt_token_ids=[list(ids) for ids in prompts],
-            group_size=n,
-            token_ids_N_T=token_ids_N_T,
-            mask_N_T=mask_N_T,
-            loss_mask_N_T=mask_N_T,
-            logprobs_N_T=logprobs_N_T,
-            finish_reasons=["stop" if flag else "length" for flag in stopped.cpu().tolist()],
-            texts=texts,
-            entropies_N_T=entropies_N_T,
-            token_char_spans=spans,
-            policy_version=version,
-        )
-
-    # ------------------------------------------------------------------------ weights
-
-    def load_adapter(self, path: Path, version: int) -> None:
-        """Load weights saved by ``LocalBackend.save_adapter`` (a PEFT adapter or a full model)."""
-        from retrain.backends.weights import load_saved_weights
-
-        with self.weights_lock:
-            load_saved_weights(self.model, Path(path))
-            self.policy_version = version
+    def _attached(self) -> Sampler:
+        if self.sampler is None:
+            raise EngineError("the pytorch engine has no policy yet: load a published policy before sampling")
+        return self.sampler
 
 
-class SpanDecoder:
-    """Maps each token of a decoded completion to its (start, end) character span.
+def inference_issues(config: Config, flash_installed: bool) -> list[ConfigIssue]:
+    """Every ``[inference]`` value the pytorch engine cannot honour on the configured
+    devices (``[backend] devices`` must be valid)."""
+    inference = config.inference
+    devices = parse_devices(config.backend.devices)
+    engine_device = devices[0]
+    split = len(devices) == 2
+    on_gpu = engine_device.startswith("cuda")
+    issues = []
 
-    Pieces (single decoded tokens) are cached per token id. When they concatenate to the
-    decoded text, as for character-level and most byte-level BPE output, spans follow
-    from their lengths. Otherwise (a character split over several byte tokens, or
-    leading-space markers that decode differently inside a text) each token's span is
-    what it adds to the decoded prefix, at one decode per token.
-    """
+    def issue(key: str, problem: str, fix: str) -> None:
+        issues.append(ConfigIssue(where="", section="inference", key=key, problem=problem, fix=fix))
 
-    def __init__(self, tokenizer) -> None:  # tokenizer: transformers.PreTrainedTokenizerBase
-        self.tokenizer = tokenizer
-        self._pieces: dict[int, str] = {}
+    if inference.attention_kernel in SERVING_ONLY_KERNELS:
+        issue("attention_kernel",
+              f"\"{inference.attention_kernel}\" is a serving-engine kernel; the pytorch engine cannot use it",
+              "use attention_kernel = \"default\" (or \"flash\" on a GPU), or serve with vllm/sglang")
+    elif inference.attention_kernel == "flash":
+        if not on_gpu:
+            issue("attention_kernel", f"flash attention needs a CUDA device; the engine runs on {engine_device}",
+                  "use attention_kernel = \"default\", or sample on a GPU ([backend] devices = \"gpu:0\")")
+        elif not flash_installed:
+            issue("attention_kernel", "flash attention needs the flash_attn package, which is not installed",
+                  "pip install flash-attn, or use attention_kernel = \"default\"")
 
-    def batch_spans(self, rows: list[list[int]], texts: list[str]) -> list[list[tuple[int, int]]]:
-        """``char_spans`` for many completions; one string comparison checks them all when
-        every completion's pieces have the length of its text."""
-        pieces = [[self._piece(token) for token in ids] for ids in rows]
-        lengths = [[len(piece) for piece in row] for row in pieces]
-        if all(sum(row) == len(text) for row, text in zip(lengths, texts)) and \
-                "".join("".join(row) for row in pieces) == "".join(texts):
-            return [_running_spans(row) for row in lengths]
-        return [self.char_spans(ids, text) for ids, text in zip(rows, texts)]
+    if inference.dtype in ("fp8", "fp4"):
+        issue("dtype", f"the pytorch engine has no {inference.dtype} kernels",
+              "use dtype = \"auto\" or \"bf16\", or an HTTP engine (vllm) that serves the model in that format")
+    elif inference.dtype == "bf16" and not on_gpu and not split:
+        issue("dtype",
+              "bf16 sampling on the CPU needs the engine's own copy of the model, but a single device shares "
+              "the fp32 training weights",
+              "use dtype = \"auto\", or split mode ([backend] devices = \"cpu,cpu\")")
 
-    def char_spans(self, token_ids: list[int], text: str) -> list[tuple[int, int]]:
-        """Spans of ``token_ids`` in ``text`` (their decoding with special tokens removed,
-        which get empty spans)."""
-        pieces = [self._piece(token) for token in token_ids]
-        if "".join(pieces) == text:
-            return _running_spans([len(piece) for piece in pieces])
-        return self._incremental_spans(token_ids, text)
-
-    def _piece(self, token: int) -> str:
-        piece = self._pieces.get(token)
-        if piece is None:
-            piece = self._decode([token])
-            self._pieces[token] = piece
-        return piece
-
-    def _decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def _incremental_spans(self, token_ids: list[int], text: str) -> list[tuple[int, int]]:
-        spans = []
-        previous = 0
-        for end in range(1, len(token_ids) + 1):
-            if end == len(token_ids):
-                stop = len(text)
-            else:
-                # An incomplete multi-byte character decodes to U+FFFD until its last byte.
-                stop = len(self._decode(token_ids[:end]).rstrip("\ufffd"))
-            stop = max(previous, min(stop, len(text)))
-            spans.append((previous, stop))
-            previous = stop
-        return spans
-
-
-def _running_spans(lengths: list[int]) -> list[tuple[int, int]]:
-    ends = list(itertools.accumulate(lengths))
-    return [(end - length, end) for end, length in zip(ends, lengths)]
-
-
-def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, L]`` token ids left-padded with ``pad_id``, and the mask of real tokens (int64)."""
-    width = max(len(ids) for ids in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def sample_tokens(logp: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
-    """One token id per row of ``logp`` ([B, V] log-probabilities), nucleus-restricted if ``top_p < 1``.
-
-    Inverse-CDF sampling: one uniform draw per row, located in the running sum of the
-    probabilities (accumulated in float64 so large vocabularies keep their tail).
-    """
-    probs = logp.exp()
-    order = None
-    if top_p < 1.0:
-        probs, order = probs.sort(dim=-1, descending=True)
-        # Keep a token while the mass before it is below top_p: the smallest set reaching top_p.
-        probs = probs.masked_fill((probs.cumsum(dim=-1) - probs) >= top_p, 0.0)
-    cdf = probs.double().cumsum(dim=-1)
-    draw = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=torch.float64)
-    # right=True skips zero-probability tokens: the first index whose cdf exceeds the draw.
-    token = torch.searchsorted(cdf, draw * cdf[:, -1:], right=True).clamp_(max=probs.shape[1] - 1)
-    if order is not None:
-        token = order.gather(1, token)
-    return token[:, 0]
-
-
-def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    generation_config = getattr(model, "generation_config", None)
-    configured = getattr(generation_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(int(token) for token in configured)
-    return sorted(ids)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    # Sampling must not apply dropout; the model goes back to its previous mode after.
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
+    if inference.kv_cache_dtype in ("fp8", "int8"):
+        issue("kv_cache_dtype", f"the pytorch engine keeps its KV cache in the sampling dtype; {inference.kv_cache_dtype} "
+              "is not available", "use kv_cache_dtype = \"auto\", or an HTTP engine (vllm) with a quantized KV cache")
+    elif inference.kv_cache_dtype == "bf16" and inference.dtype not in ("fp8", "fp4") \
+            and sampling_dtype(config) != "bfloat16":
+        issue("kv_cache_dtype",
+              f"the KV cache is kept in the sampling dtype, which is float32 on {engine_device}",
+              "use kv_cache_dtype = \"auto\", or set dtype = \"bf16\" (with split mode on the CPU)")
+    return issues

@@ -1,4 +1,4 @@
-"""What every reward shares: the batch contract and its error type.
+"""What every reward shares: its error type and the alignment of examples to completions.
 
 A reward is built once per run as ``Reward(config)`` and then called once per step as
 ``score(texts, examples) -> rewards`` with every completion of the step, so rewards that
@@ -11,9 +11,6 @@ array with one finite value per completion.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
-
-import numpy as np
 
 from retrain.errors import RetrainError
 from retrain.types import Example
@@ -21,12 +18,6 @@ from retrain.types import Example
 
 class RewardError(RetrainError):
     """A reward could not be computed (judge unreachable, bad verdicts, ...)."""
-
-
-class Reward(Protocol):
-    def score(self, texts: list[str], examples: list[Example]) -> np.ndarray:
-        """One float64 reward per completion in ``texts``."""
-        ...
 
 
 def examples_per_completion(texts: Sequence[str], examples: Sequence[Example]) -> list[Example]:

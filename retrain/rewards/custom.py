@@ -11,11 +11,12 @@ answer (and, when it declares an ``example`` parameter or ``**kwargs``, the whol
 ``retrain.types.Example`` as ``example=``). It must return a finite real number (a bool
 counts as 0/1). The signature is checked when the run is built, before any model loads.
 
-The function is loaded like every plugin (``retrain.registry.resolve`` with the dotted
-path ``<custom_module>.<custom_function>``): first from the ``[plugins] search_paths``
-directories and module prefixes, then by a plain import. With ``[plugins] strict =
-false`` a non-finite result is replaced by 0.0 and logged; a result that is not a number
-at all, or an exception in the function, always stops the run.
+The run plan resolves the function once, like every plugin (``retrain.registry.resolve``
+with the dotted path ``<custom_module>.<custom_function>``: first the ``[plugins]
+search_paths`` directories and module prefixes, then a plain import) and checks its
+signature. With ``[plugins] strict = false`` a non-finite result is replaced by 0.0 and
+logged; a result that is not a number at all, or an exception in the function, always
+stops the run.
 """
 
 from __future__ import annotations
@@ -25,20 +26,24 @@ import logging
 import math
 import numbers
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
 from retrain.config.schema import Config
 from retrain.errors import PluginError
-from retrain.registry import PluginOutputError, PluginSignatureError, resolve
+from retrain.registry import PluginOutputError
 from retrain.rewards.base import examples_per_completion
 from retrain.types import Example
 
 logger = logging.getLogger(__name__)
 
 
-def _accepts_example(signature: inspect.Signature) -> bool:
+def _accepts_example(function: Callable[..., object]) -> bool:
+    """Whether ``function`` takes the whole example as ``example=`` (or ``**kwargs``)."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return False  # builtins without introspectable signatures: the two-argument call
     for parameter in signature.parameters.values():
         if parameter.kind is inspect.Parameter.VAR_KEYWORD:
             return True
@@ -47,44 +52,14 @@ def _accepts_example(signature: inspect.Signature) -> bool:
     return False
 
 
-def check_reward_function(function: object, label: str) -> bool:
-    """Raise ``PluginSignatureError`` unless ``function`` can be called as
-    ``function(completion, reference)``; return whether it also takes ``example=``."""
-    if not callable(function):
-        raise PluginSignatureError(f"custom reward {label} is not a function — point custom_function at a function")
-    if inspect.iscoroutinefunction(function):
-        raise PluginSignatureError(f"custom reward {label} is async — write a plain def returning a float")
-    try:
-        signature = inspect.signature(function)
-    except (TypeError, ValueError):
-        # Builtins without introspectable signatures: trust the two-argument call.
-        return False
-    try:
-        signature.bind("", "")
-    except TypeError as exc:
-        raise PluginSignatureError(
-            f"custom reward {label}{signature} cannot be called as {label.rsplit('.', 1)[-1]}(completion, reference) "
-            f"({exc}) — define it as def score(completion: str, reference: str) -> float "
-            "(optionally with an example=None parameter)"
-        ) from exc
-    return _accepts_example(signature)
-
-
 class CustomReward:
-    """Rewards from a user function ``score(completion, reference[, example=]) -> float``.
+    """Rewards from a user function ``score(completion, reference[, example=]) -> float``,
+    resolved by the run plan (``label`` is its dotted path)."""
 
-    Relative ``[plugins] search_paths`` directories are looked up under ``base_dir``
-    (the config file's folder, when the run knows it), then the working directory.
-    """
-
-    def __init__(self, config: Config, *, base_dir: Path | None = None) -> None:
-        reward = config.reward
-        if not reward.custom_module:
-            raise PluginError("[reward] custom_module is empty — set it to the module holding your reward function")
-        self.label = f"{reward.custom_module}.{reward.custom_function}"
-        function = resolve("reward", self.label, config.plugins, base_dir).obj
-        self.pass_example = check_reward_function(function, self.label)
-        self.function: Callable[..., object] = function  # type: ignore[assignment]
+    def __init__(self, config: Config, *, function: Callable[..., object], label: str) -> None:
+        self.label = label
+        self.function = function
+        self.pass_example = _accepts_example(function)
         self.strict = config.plugins.strict
         # Non-finite results replaced by 0.0 (only under [plugins] strict = false).
         self.repaired = 0

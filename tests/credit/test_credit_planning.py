@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from retrain.config.schema import Config, LoggingConfig, PlanningConfig
 from retrain.errors import ConfigError
+from retrain.registry import resolve
 from retrain.planning import (
     DEFAULT_STRATEGIC_GRAMS,
     RegexPlanningDetector,
     SemanticPlanningDetector,
-    build_planning_detector,
     parse_strategic_grams,
     spans_to_mask,
 )
@@ -166,7 +166,11 @@ def test_semantic_detector_with_the_offline_minilm_model():
     assert "check" in marked and "42." not in marked
 
 
-def test_build_planning_detector_resolves_the_configured_detector(tmp_path):
+def build_planning_detector(config: Config):
+    return resolve("planning", config.planning.detector, config.plugins).obj(config)
+
+
+def test_the_configured_detector_resolves_and_builds(tmp_path):
     assert isinstance(build_planning_detector(Config()), RegexPlanningDetector)
     (tmp_path / "question_detector.py").write_text(
         "import numpy as np\n"

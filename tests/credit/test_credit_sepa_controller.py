@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from retrain.config.schema import SEPAConfig
 from retrain.errors import RetrainError
-from retrain.sepa import SEPAController
+from retrain.transforms import SEPAController
 
 
 def test_linear_schedule_by_hand():

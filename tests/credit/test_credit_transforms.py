@@ -4,9 +4,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from retrain.sepa import sepa_pool
 from retrain.transforms import (
     broadcast_advantages,
+    sepa_pool,
     gtpo_weights,
     hicra_amplify,
     top_rho_mask,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrain.backends.local import LocalBackend
+from retrain.backends.local_trainer import LocalTrainer
 from retrain.config.schema import (
     BackendConfig,
     Config,
@@ -16,7 +16,30 @@ from retrain.config.schema import (
     TrainingConfig,
 )
 from retrain.data.arithmetic import ArithmeticSource
+from retrain.engines.pytorch import PyTorchEngine
 from retrain.types import Example, SampleBatch, TrainBatch
+
+
+class LocalPair:
+    """The local backend's trainer and an in-process engine attached to it, as a run
+    builds them; attributes not found here are the trainer's."""
+
+    def __init__(self, config: Config) -> None:
+        self.trainer = LocalTrainer(config)
+        self.engine = PyTorchEngine(config)
+        self.sync()
+
+    def sync(self) -> int:
+        """Publish the trainer's weights to the engine (what a run does after each update)."""
+        self.engine.load(self.trainer.publish("in_process", Path(".")))
+        return self.engine.policy_version
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.trainer, name)
+
+
+def local_pair(config: Config) -> LocalPair:
+    return LocalPair(config)
 
 
 def local_config(
@@ -40,7 +63,7 @@ def local_config(
     return dataclasses.replace(config, **sections)
 
 
-def encode_prompts(backend: LocalBackend, examples: list[Example]) -> list[list[int]]:
+def encode_prompts(backend: LocalPair, examples: list[Example]) -> list[list[int]]:
     """Chat-templated token ids of each example's messages, as a run encodes them."""
     return [backend.encode_prompt(example.messages) for example in examples]
 

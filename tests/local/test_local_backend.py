@@ -9,22 +9,26 @@ import numpy as np
 import pytest
 import torch
 from local_helpers import (
+    LocalPair,
     arithmetic_examples,
     encode_prompts,
     grpo_train_batch,
     local_config,
+    local_pair,
     match_rewards,
     random_train_batch,
 )
 
-from retrain.backends.base import Backend
-from retrain.backends.local import STATE_FILE, LocalBackend, sequence_logprobs
+from retrain.backends.local import LocalBackend
+from retrain.backends.local_trainer import STATE_FILE
+from retrain.backends.loss import sequence_logprobs
 from retrain.config.schema import OptimizerConfig, TrainingConfig
-from retrain.engines.pytorch import left_pad
+from retrain.engines.sampler import left_pad
 from retrain.errors import BackendError
+from retrain.types import Backend, SamplingParams
 
 
-def batch_for(backend: LocalBackend, seed: int = 0, prompts: int = 3, group: int = 4, width: int = 5):
+def batch_for(backend: LocalPair, seed: int = 0, prompts: int = 3, group: int = 4, width: int = 5):
     rng = np.random.default_rng(seed)
     tokenizer = backend.tokenizer
     texts = ["7+8 mod 10=", "Hi there", "x"][:prompts]
@@ -32,38 +36,56 @@ def batch_for(backend: LocalBackend, seed: int = 0, prompts: int = 3, group: int
     return random_train_batch(rng, prompt_ids, group, width, vocab=len(tokenizer), eos=tokenizer.eos_token_id)
 
 
-def trainable_copy(backend: LocalBackend) -> dict[str, torch.Tensor]:
+def trainable_copy(backend: LocalPair) -> dict[str, torch.Tensor]:
     return {name: param.detach().clone() for name, param in backend.trainable}
 
 
-def all_weights(backend: LocalBackend) -> dict[str, torch.Tensor]:
+def all_weights(backend: LocalPair) -> dict[str, torch.Tensor]:
     return {name: param.detach().clone() for name, param in backend.model.named_parameters()}
 
 
-def rl_steps(backend: LocalBackend, steps: int, examples) -> list[float]:
+def rl_steps(backend: LocalPair, steps: int, examples) -> list[float]:
     """Sample, score and train ``steps`` times; returns the losses."""
     prompts = encode_prompts(backend, examples)
     losses = []
     for _ in range(steps):
-        samples = backend.engine().generate(prompts, n=4, max_tokens=4, temperature=1.0, top_p=1.0)
+        samples = backend.engine.generate(prompts, SamplingParams(n=4, max_tokens=4, temperature=1.0, top_p=1.0))
         rewards = match_rewards(samples, examples)
         rewards[0] = 1.0 - rewards[0]  # keep every step informative
         result = backend.train_step(grpo_train_batch(samples, rewards, 1.0))
-        backend.sync_engine_weights()
+        backend.sync()
         losses.append(result.loss)
     return losses
 
 
 def test_declares_its_capabilities(tiny_model_dir: Path) -> None:
-    backend = LocalBackend(local_config(tiny_model_dir))
-    assert isinstance(backend, Backend)
-    caps = LocalBackend.capabilities
-    assert caps.reports_loss and caps.preserves_token_advantages and caps.exact_resume
-    assert caps.supports_entropies and caps.in_process_engine
+    config = local_config(tiny_model_dir)
+    backend = LocalBackend(config)
+    assert isinstance(backend, Backend) and backend.policy_version == 0
+    caps = LocalBackend.capabilities(config)
+    assert caps.reports_loss and caps.preserves_token_advantages and caps.exact_resume and caps.full_finetuning
+    assert caps.publishes == ("in_process", "full_weights")
+    assert LocalBackend.capabilities(local_config(tiny_model_dir, lora_rank=4)).publishes == ("in_process", "lora_adapter")
+    # Two devices: the first holds the in-process engine's copy.
+    assert LocalBackend.capabilities(local_config(tiny_model_dir, devices="cpu,cpu")).publishes == ("in_process",)
+    backend.close()
+    backend.close()  # closing twice is harmless
+
+
+def test_publishes_the_live_model_or_a_folder_per_version(tiny_model_dir: Path, tmp_path: Path) -> None:
+    backend = LocalBackend(local_config(tiny_model_dir, lora_rank=4))
+    live = backend.publish("in_process", tmp_path)
+    assert live.version == 0 and live.in_process is not None and live.in_process.model is backend.trainer.model
+    backend.train_step(batch_for(backend.trainer))
+    folder = backend.publish("lora_adapter", tmp_path)
+    assert folder.version == 1 and folder.location == str((tmp_path / "policy_v1").resolve())
+    assert (tmp_path / "policy_v1" / "adapter_config.json").is_file()
+    with pytest.raises(BackendError, match="cannot publish full_weights with \\[model\\] lora_rank = 4"):
+        backend.publish("full_weights", tmp_path)
 
 
 def test_full_finetuning_updates_every_weight(tiny_model_dir: Path) -> None:
-    backend = LocalBackend(local_config(tiny_model_dir, lora_rank=0))
+    backend = local_pair(local_config(tiny_model_dir, lora_rank=0))
     before = all_weights(backend)
     result = backend.train_step(batch_for(backend))
     assert not result.skipped and np.isfinite(result.loss)
@@ -71,17 +93,17 @@ def test_full_finetuning_updates_every_weight(tiny_model_dir: Path) -> None:
     assert before.keys() == after.keys()
     unchanged = [name for name in before if torch.equal(before[name], after[name])]
     assert unchanged == []
-    assert backend.policy_version == 1 and backend.sync_engine_weights() == 1
+    assert backend.policy_version == 1 and backend.sync() == 1
     for key in ("loss", "grad_norm", "ratio_mean", "ratio_max", "clip_fraction", "trained_tokens",
                 "train_time_s", "peak_memory_mb"):
         assert np.isfinite(result.metrics[key]), key
-    assert result.metrics["trained_tokens"] == float(batch_for(backend).mask_N_T.sum())
+    assert result.metrics["trained_tokens"] == float(batch_for(backend).loss_mask_N_T.sum())
 
 
 def test_lora_trains_only_the_adapter(tiny_model_dir: Path) -> None:
     config = local_config(tiny_model_dir, lora_rank=4)
-    backend = LocalBackend(config)
-    assert backend.is_lora
+    backend = local_pair(config)
+    assert hasattr(backend.model, "peft_config")
     trainable_names = [name for name, _ in backend.trainable]
     assert trainable_names and all("lora_" in name for name in trainable_names)
     # Attention and MLP projections of every layer carry LoRA.
@@ -98,10 +120,9 @@ def test_lora_trains_only_the_adapter(tiny_model_dir: Path) -> None:
 
 
 def test_first_step_on_policy_has_ratio_one(tiny_model_dir: Path) -> None:
-    backend = LocalBackend(local_config(tiny_model_dir))
+    backend = local_pair(local_config(tiny_model_dir))
     examples = arithmetic_examples(4)
-    samples = backend.engine().generate(encode_prompts(backend, examples), n=4, max_tokens=4,
-                                        temperature=1.0, top_p=1.0)
+    samples = backend.engine.generate(encode_prompts(backend, examples), SamplingParams(n=4, max_tokens=4))
     rewards = np.arange(16) % 2 * 1.0
     result = backend.train_step(grpo_train_batch(samples, rewards, 1.0))
     assert result.metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
@@ -109,7 +130,7 @@ def test_first_step_on_policy_has_ratio_one(tiny_model_dir: Path) -> None:
 
 
 def test_non_finite_loss_skips_the_update(tiny_model_dir: Path) -> None:
-    backend = LocalBackend(local_config(tiny_model_dir))
+    backend = local_pair(local_config(tiny_model_dir))
     batch = batch_for(backend)
     batch.token_advantages_N_T[0, 0] = np.nan
     before = all_weights(backend)
@@ -125,7 +146,7 @@ def test_non_finite_loss_skips_the_update(tiny_model_dir: Path) -> None:
 
 
 def test_empty_batch_is_skipped_without_touching_weights(tiny_model_dir: Path) -> None:
-    backend = LocalBackend(local_config(tiny_model_dir))
+    backend = local_pair(local_config(tiny_model_dir))
     batch = batch_for(backend)
     batch.mask_N_T[:] = False
     before = all_weights(backend)
@@ -141,7 +162,7 @@ def test_micro_batches_and_checkpointing_match_the_whole_batch(tiny_model_dir: P
         # eps = 1 makes AdamW's first step about lr * g (not lr * sign(g)), so the weights
         # reflect the gradients and last-digit differences in tiny gradients stay tiny.
         config = dataclasses.replace(config, optimizer=OptimizerConfig(eps=1.0, grad_clip_norm=0.0))
-        backend = LocalBackend(config)
+        backend = local_pair(config)
         result = backend.train_step(batch_for(backend))
         results[label] = (result.loss, result.metrics["grad_norm"], trainable_copy(backend))
     whole_loss, whole_norm, whole_weights = results["whole"]
@@ -154,9 +175,9 @@ def test_micro_batches_and_checkpointing_match_the_whole_batch(tiny_model_dir: P
 
 
 def test_shared_prompt_gradients_equal_full_sequence_gradients(tiny_model_dir: Path) -> None:
-    backend = LocalBackend(local_config(tiny_model_dir))
+    backend = local_pair(local_config(tiny_model_dir))
     batch = batch_for(backend, width=6)
-    prompt_ids, prompt_mask = left_pad(batch.prompt_token_ids, backend.engine().pad_token_id, torch.device("cpu"))
+    prompt_ids, prompt_mask = left_pad(batch.prompt_token_ids, backend.pad_id, torch.device("cpu"))
     gradients = []
     for share in (True, False):
         backend.model.zero_grad()
@@ -173,7 +194,7 @@ def test_gradient_clipping_changes_the_update(tiny_model_dir: Path) -> None:
     for clip in (0.0, 1e-3):
         config = local_config(tiny_model_dir)
         config = dataclasses.replace(config, optimizer=OptimizerConfig(grad_clip_norm=clip))
-        backend = LocalBackend(config)
+        backend = local_pair(config)
         norms = [backend.train_step(batch_for(backend, seed=s)).metrics["grad_norm"] for s in range(2)]
         # The reported norm is the one before clipping.
         assert norms[0] > 1e-3
@@ -184,14 +205,14 @@ def test_gradient_clipping_changes_the_update(tiny_model_dir: Path) -> None:
 def test_clipping_settings_reach_the_loss(tiny_model_dir: Path) -> None:
     config = local_config(tiny_model_dir)
     config = dataclasses.replace(config, training=dataclasses.replace(config.training, clip_eps=0.01))
-    backend = LocalBackend(config)
+    backend = local_pair(config)
     batch = batch_for(backend)
     # Random sampler logprobs are far from the model's: most ratios leave [0.99, 1.01].
     assert backend.train_step(batch).metrics["clip_fraction"] > 0.2
 
 
 def test_prompt_index_out_of_range_is_an_error(tiny_model_dir: Path) -> None:
-    backend = LocalBackend(local_config(tiny_model_dir))
+    backend = local_pair(local_config(tiny_model_dir))
     batch = batch_for(backend)
     batch.prompt_index_N[-1] = 7
     with pytest.raises(BackendError, match="prompt_index_N"):
@@ -204,7 +225,7 @@ def test_lora_adapter_is_a_normal_peft_folder(tiny_model_dir: Path, tmp_path: Pa
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    backend = LocalBackend(local_config(tiny_model_dir, lora_rank=4))
+    backend = local_pair(local_config(tiny_model_dir, lora_rank=4))
     backend.train_step(batch_for(backend))
     backend.train_step(batch_for(backend, seed=1))
     target = tmp_path / "adapter"
@@ -222,7 +243,7 @@ def test_lora_adapter_is_a_normal_peft_folder(tiny_model_dir: Path, tmp_path: Pa
 def test_full_finetune_saves_a_model_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    backend = LocalBackend(local_config(tiny_model_dir, lora_rank=0))
+    backend = local_pair(local_config(tiny_model_dir, lora_rank=0))
     backend.train_step(batch_for(backend))
     backend.save_adapter(tmp_path / "final")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "final").eval()
@@ -234,13 +255,15 @@ def test_full_finetune_saves_a_model_folder(tiny_model_dir: Path, tmp_path: Path
 
 
 @pytest.mark.parametrize("lora_rank", [0, 4])
-def test_engine_loads_a_saved_adapter(tiny_model_dir: Path, tmp_path: Path, lora_rank: int) -> None:
-    trained = LocalBackend(local_config(tiny_model_dir, lora_rank=lora_rank))
+def test_a_published_folder_loads_into_a_copy_of_the_model(tiny_model_dir: Path, tmp_path: Path,
+                                                           lora_rank: int) -> None:
+    from retrain.backends.weights import load_saved_weights
+
+    trained = local_pair(local_config(tiny_model_dir, lora_rank=lora_rank))
     trained.train_step(batch_for(trained))
-    trained.save_adapter(tmp_path / "ckpt")
-    fresh = LocalBackend(local_config(tiny_model_dir, lora_rank=lora_rank))
-    fresh.engine().load_adapter(tmp_path / "ckpt", version=7)
-    assert fresh.engine().policy_version == 7
+    ref = trained.publish("full_weights" if lora_rank == 0 else "lora_adapter", tmp_path)
+    fresh = local_pair(local_config(tiny_model_dir, lora_rank=lora_rank))
+    load_saved_weights(fresh.model, Path(ref.location))
     for (name, a), (_, b) in zip(trained.trainable, fresh.trainable, strict=True):
         assert torch.equal(a, b), name
 
@@ -251,14 +274,16 @@ def test_save_and_load_state_continue_bit_identically(tiny_model_dir: Path, tmp_
     config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, dropout=0.1 if lora_rank else 0.0))
     examples = arithmetic_examples(3)
 
-    straight = LocalBackend(config)
+    straight = local_pair(config)
     rl_steps(straight, 2, examples)
     straight.save_state(tmp_path)
+    straight.engine.save_state(tmp_path / "engine")
     expected_losses = rl_steps(straight, 2, examples)
 
-    resumed = LocalBackend(config)
+    resumed = local_pair(config)
     resumed.load_state(tmp_path)
-    assert resumed.policy_version == 2
+    assert resumed.policy_version == 2 and resumed.sync() == 2
+    resumed.engine.load_state(tmp_path / "engine")
     losses = rl_steps(resumed, 2, examples)
     assert losses == expected_losses
     for (name, a), (_, b) in zip(straight.trainable, resumed.trainable, strict=True):
@@ -267,11 +292,11 @@ def test_save_and_load_state_continue_bit_identically(tiny_model_dir: Path, tmp_
 
 
 def test_load_state_refuses_a_different_model_setup(tiny_model_dir: Path, tmp_path: Path) -> None:
-    LocalBackend(local_config(tiny_model_dir, lora_rank=0)).save_state(tmp_path)
+    local_pair(local_config(tiny_model_dir, lora_rank=0)).save_state(tmp_path)
     with pytest.raises(BackendError, match="lora_rank"):
-        LocalBackend(local_config(tiny_model_dir, lora_rank=4)).load_state(tmp_path)
+        local_pair(local_config(tiny_model_dir, lora_rank=4)).load_state(tmp_path)
     with pytest.raises(BackendError, match="no local backend state"):
-        LocalBackend(local_config(tiny_model_dir)).load_state(tmp_path / "empty")
+        local_pair(local_config(tiny_model_dir)).load_state(tmp_path / "empty")
 
 
 def test_training_settings_reach_the_optimizer(tiny_model_dir: Path) -> None:
@@ -281,6 +306,6 @@ def test_training_settings_reach_the_optimizer(tiny_model_dir: Path) -> None:
         training=TrainingConfig(seed=0, lr=2e-4, weight_decay=0.01),
         optimizer=OptimizerConfig(beta1=0.8, beta2=0.9, eps=1e-6),
     )
-    group = LocalBackend(config).optimizer.param_groups[0]
+    group = local_pair(config).optimizer.param_groups[0]
     assert group["lr"] == 2e-4 and group["weight_decay"] == 0.01
     assert group["betas"] == (0.8, 0.9) and group["eps"] == 1e-6

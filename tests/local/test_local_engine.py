@@ -9,19 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from local_helpers import arithmetic_examples, encode_prompts, local_config
+from local_helpers import LocalPair, arithmetic_examples, encode_prompts, local_config, local_pair
 
-from retrain.backends.local import LocalBackend, sequence_logprobs
+from retrain.backends.loss import sequence_logprobs
 from retrain.config.schema import Config, InferenceConfig
-from retrain.engines.base import Engine
-from retrain.engines.pytorch import SpanDecoder, left_pad
-from retrain.engines.settings import inference_issues
-from retrain.errors import ConfigError
+from retrain.engines.pytorch import PyTorchEngine, inference_issues
+from retrain.engines.sampler import SpanDecoder, left_pad
+from retrain.errors import ConfigError, EngineError
+from retrain.types import Engine, PolicyRef, SamplingParams
 
 
 @pytest.fixture(scope="module")
-def backend(tiny_model_dir: Path) -> LocalBackend:
-    return LocalBackend(local_config(tiny_model_dir))
+def backend(tiny_model_dir: Path) -> LocalPair:
+    return local_pair(local_config(tiny_model_dir))
 
 
 def mixed_prompts(tokenizer) -> list[list[int]]:
@@ -30,8 +30,8 @@ def mixed_prompts(tokenizer) -> list[list[int]]:
     return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
 
 
-def trainer_logprobs(backend: LocalBackend, samples, temperature: float) -> np.ndarray:
-    prompt_ids, prompt_mask = left_pad(samples.prompt_token_ids, backend.engine().pad_token_id, torch.device("cpu"))
+def trainer_logprobs(backend: LocalPair, samples, temperature: float) -> np.ndarray:
+    prompt_ids, prompt_mask = left_pad(samples.prompt_token_ids, backend.pad_id, torch.device("cpu"))
     index = torch.arange(samples.num_prompts).repeat_interleave(samples.group_size)
     with torch.no_grad():
         logp = sequence_logprobs(backend.model, prompt_ids, prompt_mask, index, torch.tensor(samples.token_ids_N_T),
@@ -39,14 +39,21 @@ def trainer_logprobs(backend: LocalBackend, samples, temperature: float) -> np.n
     return logp.numpy()
 
 
-def test_engine_follows_the_protocol(backend: LocalBackend) -> None:
-    assert isinstance(backend.engine(), Engine)
+def test_engine_follows_the_protocol_and_needs_an_in_process_policy(backend: LocalPair) -> None:
+    assert isinstance(backend.engine, Engine)
+    capabilities = PyTorchEngine.capabilities(Config())
+    assert capabilities.loads == ("in_process",) and capabilities.entropies and capabilities.exact_resume
+    fresh = PyTorchEngine(local_config("unused"))
+    with pytest.raises(EngineError, match="load a published policy before sampling"):
+        fresh.generate([[1]], SamplingParams(n=1, max_tokens=1))
+    with pytest.raises(EngineError, match="given a lora_adapter reference"):
+        fresh.load(PolicyRef(1, "lora_adapter", location="/tmp/x"))
 
 
-def test_batch_shapes_finish_reasons_and_texts(backend: LocalBackend) -> None:
-    engine = backend.engine()
+def test_batch_shapes_finish_reasons_and_texts(backend: LocalPair) -> None:
+    engine = backend.engine
     prompts = encode_prompts(backend, arithmetic_examples(3))
-    samples = engine.generate(prompts, n=5, max_tokens=6, temperature=1.0, top_p=1.0)
+    samples = engine.generate(prompts, SamplingParams(n=5, max_tokens=6, temperature=1.0, top_p=1.0))
     n_rows = 15
     assert samples.group_size == 5 and samples.num_prompts == 3
     assert samples.token_ids_N_T.shape == samples.mask_N_T.shape == samples.logprobs_N_T.shape
@@ -76,23 +83,23 @@ def test_batch_shapes_finish_reasons_and_texts(backend: LocalBackend) -> None:
 @pytest.mark.parametrize("prefix_caching", [True, False])
 @pytest.mark.parametrize("lora_rank", [0, 4])
 def test_sampler_logprobs_equal_trainer_logprobs(tiny_model_dir: Path, prefix_caching: bool, lora_rank: int) -> None:
-    backend = LocalBackend(local_config(tiny_model_dir, lora_rank=lora_rank, prefix_caching=prefix_caching))
+    backend = local_pair(local_config(tiny_model_dir, lora_rank=lora_rank, prefix_caching=prefix_caching))
     if lora_rank:
         # Move LoRA's B away from zero so the adapter actually changes the logits.
         with torch.no_grad():
             for name, param in backend.model.named_parameters():
                 if "lora_B" in name:
                     param.normal_(0, 0.05)
-    samples = backend.engine().generate(mixed_prompts(backend.tokenizer), n=4, max_tokens=10, temperature=0.7, top_p=1.0)
+    samples = backend.engine.generate(mixed_prompts(backend.tokenizer), SamplingParams(n=4, max_tokens=10, temperature=0.7, top_p=1.0))
     trained = trainer_logprobs(backend, samples, 0.7)
     difference = np.abs(np.where(samples.mask_N_T, trained - samples.logprobs_N_T, 0.0)).max()
     assert difference <= 1e-4
 
 
-def test_entropies_are_the_tempered_distribution_entropy(backend: LocalBackend) -> None:
-    engine = backend.engine()
+def test_entropies_are_the_tempered_distribution_entropy(backend: LocalPair) -> None:
+    engine = backend.engine
     prompts = mixed_prompts(backend.tokenizer)[:2]
-    samples = engine.generate(prompts, n=2, max_tokens=3, temperature=0.8, top_p=1.0, want_entropies=True)
+    samples = engine.generate(prompts, SamplingParams(n=2, max_tokens=3, temperature=0.8, top_p=1.0, want_entropies=True))
     # Recompute the first token's distribution of each prompt directly.
     for p, prompt in enumerate(prompts):
         with torch.no_grad():
@@ -104,42 +111,42 @@ def test_entropies_are_the_tempered_distribution_entropy(backend: LocalBackend) 
     assert (samples.entropies_N_T[~samples.mask_N_T] == 0).all()
 
 
-def test_same_seed_same_samples_and_state_restore(backend: LocalBackend) -> None:
-    engine = backend.engine()
+def test_same_seed_same_samples_and_state_restore(backend: LocalPair, tmp_path: Path) -> None:
+    engine = backend.engine
     prompts = mixed_prompts(backend.tokenizer)
-    state = engine.rng_state()
-    first = engine.generate(prompts, n=3, max_tokens=5, temperature=1.0, top_p=1.0)
-    second = engine.generate(prompts, n=3, max_tokens=5, temperature=1.0, top_p=1.0)
-    engine.set_rng_state(state)
-    replay = engine.generate(prompts, n=3, max_tokens=5, temperature=1.0, top_p=1.0)
+    engine.save_state(tmp_path)
+    first = engine.generate(prompts, SamplingParams(n=3, max_tokens=5, temperature=1.0, top_p=1.0))
+    second = engine.generate(prompts, SamplingParams(n=3, max_tokens=5, temperature=1.0, top_p=1.0))
+    engine.load_state(tmp_path)
+    replay = engine.generate(prompts, SamplingParams(n=3, max_tokens=5, temperature=1.0, top_p=1.0))
     assert np.array_equal(first.token_ids_N_T, replay.token_ids_N_T)
     assert np.array_equal(first.logprobs_N_T, replay.logprobs_N_T)
     assert not np.array_equal(first.token_ids_N_T, second.token_ids_N_T)
 
 
 def test_prefix_caching_changes_cost_not_samples(tiny_model_dir: Path) -> None:
-    shared = LocalBackend(local_config(tiny_model_dir, prefix_caching=True)).engine()
-    separate = LocalBackend(local_config(tiny_model_dir, prefix_caching=False)).engine()
-    prompts = mixed_prompts(shared.tokenizer)
-    a = shared.generate(prompts, n=4, max_tokens=6, temperature=1.0, top_p=1.0)
-    b = separate.generate(prompts, n=4, max_tokens=6, temperature=1.0, top_p=1.0)
+    shared = local_pair(local_config(tiny_model_dir, prefix_caching=True)).engine
+    separate = local_pair(local_config(tiny_model_dir, prefix_caching=False)).engine
+    prompts = mixed_prompts(shared.sampler.tokenizer)
+    a = shared.generate(prompts, SamplingParams(n=4, max_tokens=6, temperature=1.0, top_p=1.0))
+    b = separate.generate(prompts, SamplingParams(n=4, max_tokens=6, temperature=1.0, top_p=1.0))
     assert np.array_equal(a.token_ids_N_T, b.token_ids_N_T)
     assert np.abs(a.logprobs_N_T - b.logprobs_N_T).max() <= 1e-5
 
 
-def test_tiny_top_p_is_greedy(backend: LocalBackend) -> None:
-    engine = backend.engine()
+def test_tiny_top_p_is_greedy(backend: LocalPair) -> None:
+    engine = backend.engine
     prompts = mixed_prompts(backend.tokenizer)
-    samples = engine.generate(prompts, n=3, max_tokens=1, temperature=1.0, top_p=1e-6)
+    samples = engine.generate(prompts, SamplingParams(n=3, max_tokens=1, temperature=1.0, top_p=1e-6))
     with torch.no_grad():
         for p, prompt in enumerate(prompts):
             greedy = int(backend.model(torch.tensor([prompt])).logits[0, -1].argmax())
             assert list(samples.token_ids_N_T[p * 3:(p + 1) * 3, 0]) == [greedy] * 3
 
 
-def test_generation_leaves_the_shared_model_in_training_mode(backend: LocalBackend) -> None:
+def test_generation_leaves_the_shared_model_in_training_mode(backend: LocalPair) -> None:
     backend.model.train()
-    backend.engine().generate(mixed_prompts(backend.tokenizer)[:1], n=2, max_tokens=2, temperature=1.0, top_p=1.0)
+    backend.engine.generate(mixed_prompts(backend.tokenizer)[:1], SamplingParams(n=2, max_tokens=2, temperature=1.0, top_p=1.0))
     assert backend.model.training
 
 
@@ -176,7 +183,7 @@ def settings_config(devices: str = "cpu", **inference: object) -> Config:
 
 
 def issue_keys(config: Config, flash_installed: bool = False) -> list[str]:
-    return [issue.key for issue in inference_issues(config, flash_installed=flash_installed)]
+    return [issue.key for issue in inference_issues(config, flash_installed)]
 
 
 def test_defaults_are_honoured_everywhere() -> None:
@@ -198,22 +205,18 @@ def test_settings_the_engine_cannot_honour_are_config_errors() -> None:
     assert issue_keys(settings_config("cpu", kv_cache_dtype="bf16")) == ["kv_cache_dtype"]
     assert issue_keys(settings_config("gpu:0", kv_cache_dtype="fp8")) == ["kv_cache_dtype"]
     assert issue_keys(settings_config("gpu:0", kv_cache_dtype="int8")) == ["kv_cache_dtype"]
-    # HTTP engines are checked elsewhere.
-    assert issue_keys(settings_config("cpu", engine="vllm", url="http://x", dtype="fp8")) == []
 
 
-def test_backend_rejects_bad_settings_before_loading_anything(tmp_path: Path) -> None:
-    config = local_config(tmp_path / "no-such-model")
-    config = dataclasses.replace(config, inference=InferenceConfig(attention_kernel="flash", dtype="fp8"))
-    with pytest.raises(ConfigError) as caught:
-        LocalBackend(config)
-    message = str(caught.value)
-    assert "[inference].attention_kernel" in message and "[inference].dtype" in message
+def test_the_engine_reports_settings_it_cannot_honour_as_its_own_config_issues() -> None:
+    config = settings_config("cpu", attention_kernel="flash", dtype="fp8")
+    assert [issue.key for issue in PyTorchEngine.config_issues(config)] == ["attention_kernel", "dtype"]
+    assert [issue.problem for issue in PyTorchEngine.config_issues(settings_config("cpu,cpu,cpu"))] == \
+        ["3 devices given; split mode uses two"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when no GPU is present")
 def test_asking_for_a_gpu_without_one_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no CUDA device"):
-        LocalBackend(local_config(tmp_path, devices="gpu:0"))
+        local_pair(local_config(tmp_path, devices="gpu:0"))
     with pytest.raises(ConfigError, match="no CUDA device"):
-        LocalBackend(local_config(tmp_path, devices="cpu,cuda:1"))
+        local_pair(local_config(tmp_path, devices="cpu,cuda:1"))

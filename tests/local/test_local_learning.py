@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from local_helpers import encode_prompts, grpo_train_batch, local_config, match_rewards
+from local_helpers import encode_prompts, grpo_train_batch, local_config, local_pair, match_rewards
 
-from retrain.backends.local import LocalBackend
 from retrain.data.arithmetic import ArithmeticSource
 from retrain.models.tiny import ensure_tiny_model
+from retrain.types import SamplingParams
 
 # The embedded default's recipe: full fine-tuning (LoRA on a model this small collapses
 # onto one answer or learns far more slowly) and AdamW at 3e-4; at 4e-4 and above some
@@ -36,18 +36,18 @@ def test_tiny_model_learns_modular_addition(tmp_path: Path) -> None:
     start = time.monotonic()
     model_dir = ensure_tiny_model(tmp_path)
     config = local_config(model_dir, lora_rank=LORA_RANK, lr=LEARNING_RATE, seed=0)
-    backend = LocalBackend(config)
+    backend = local_pair(config)
     examples = ArithmeticSource(config).examples()
     prompts = dict(zip((e.example_id for e in examples), encode_prompts(backend, examples), strict=True))
     order = random.Random(0)
     rewards_per_step: list[float] = []
     while len(rewards_per_step) < MAX_STEPS:
         chosen = order.sample(examples, 8)
-        samples = backend.engine().generate([prompts[e.example_id] for e in chosen], n=16, max_tokens=4,
-                                            temperature=1.0, top_p=1.0)
+        samples = backend.engine.generate([prompts[e.example_id] for e in chosen],
+                                          SamplingParams(n=16, max_tokens=4, temperature=1.0))
         rewards = match_rewards(samples, chosen)
         backend.train_step(grpo_train_batch(samples, rewards, temperature=1.0))
-        backend.sync_engine_weights()
+        backend.sync()
         rewards_per_step.append(float(rewards.mean()))
         if len(rewards_per_step) >= WINDOW and np.mean(rewards_per_step[-WINDOW:]) >= 0.8:
             break

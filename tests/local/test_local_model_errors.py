@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from local_helpers import local_config
+from local_helpers import local_config, local_pair
 
-from retrain.backends.local import STATE_FILE, LocalBackend
+from retrain.backends.local_trainer import STATE_FILE
 from retrain.errors import BackendError
 from retrain.models.tiny import TURN_END, TURN_START
 
@@ -40,12 +40,12 @@ def strip_chat_template(folder: Path) -> None:
 
 def load_error(folder: Path | str) -> str:
     with pytest.raises(BackendError) as caught:
-        LocalBackend(local_config(folder))
+        local_pair(local_config(folder))
     return str(caught.value)
 
 
 def test_encode_prompt_is_the_chat_templated_token_ids(tiny_model_dir: Path) -> None:
-    backend = LocalBackend(local_config(tiny_model_dir))
+    backend = local_pair(local_config(tiny_model_dir))
     ids = backend.encode_prompt(({"role": "user", "content": "1+2"},))
     # The tiny tokenizer has one token per character; the template is ChatML, ending
     # where the assistant's answer begins.
@@ -138,7 +138,7 @@ def saved_state_bytes() -> bytes:
     pytest.param(b"", id="empty"),
 ])
 def test_a_corrupt_state_file_is_a_backend_error(tiny_model_dir: Path, tmp_path: Path, content: bytes) -> None:
-    backend = LocalBackend(local_config(tiny_model_dir))
+    backend = local_pair(local_config(tiny_model_dir))
     (tmp_path / STATE_FILE).write_bytes(content)
     with pytest.raises(BackendError) as caught:
         backend.load_state(tmp_path)
@@ -148,7 +148,7 @@ def test_a_corrupt_state_file_is_a_backend_error(tiny_model_dir: Path, tmp_path:
 
 
 def test_a_state_file_that_is_not_a_dict_is_a_backend_error(tiny_model_dir: Path, tmp_path: Path) -> None:
-    backend = LocalBackend(local_config(tiny_model_dir))
+    backend = local_pair(local_config(tiny_model_dir))
     torch.save(torch.zeros(3), tmp_path / STATE_FILE)
     with pytest.raises(BackendError, match="holds a Tensor, not local backend state"):
         backend.load_state(tmp_path)

@@ -88,12 +88,43 @@ def test_ensure_reuses_the_built_folder(tiny_model_dir: Path) -> None:
 
 
 def test_build_is_deterministic(tiny_model_dir: Path, tmp_path: Path) -> None:
-    build_tiny_model(tmp_path)
+    threads = torch.get_num_threads()
+    # Whatever thread count an earlier test or the machine left behind.
+    torch.set_num_threads(3)
+    try:
+        build_tiny_model(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
     again = AutoModelForCausalLM.from_pretrained(tmp_path).state_dict()
     first = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert again.keys() == first.keys()
     for name in first:
         assert torch.equal(again[name], first[name]), name
+
+
+BUILD_WITH_THREADS = """
+import sys
+from pathlib import Path
+import torch
+from retrain.models.tiny import build_tiny_model
+torch.set_num_threads(int(sys.argv[1]))
+build_tiny_model(Path(sys.argv[2]))
+"""
+
+
+def test_builds_in_processes_with_one_and_two_threads_write_identical_files(tmp_path: Path) -> None:
+    folders = []
+    for threads in (1, 2):
+        folder = tmp_path / f"threads-{threads}"
+        folder.mkdir()
+        subprocess.run([sys.executable, "-c", BUILD_WITH_THREADS, str(threads), str(folder)], check=True, timeout=300)
+        folders.append(folder)
+    names = sorted(path.name for path in folders[0].iterdir())
+    assert names == sorted(path.name for path in folders[1].iterdir())
+    assert "model.safetensors" in names
+    for name in names:
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name
 
 
 @pytest.mark.slow

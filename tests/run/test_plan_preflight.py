@@ -57,38 +57,6 @@ def test_the_custom_reward_module_is_found_next_to_the_config(tmp_path: Path) ->
     assert wrong.returncode == 2 and "has no attribute 'nope'" in wrong.stderr, wrong.stderr
 
 
-class FakeBackend:
-    def __init__(self, **declared: bool) -> None:
-        from retrain.backends.base import BackendCapabilities
-
-        flags = {"reports_loss": True, "preserves_token_advantages": True, "exact_resume": True,
-                 "supports_entropies": True, "in_process_engine": True}
-        self.capabilities = BackendCapabilities(**{**flags, **declared})
-
-
-def test_what_a_run_asks_of_a_backend_is_checked_against_its_capabilities(caplog: pytest.LogCaptureFixture) -> None:
-    import dataclasses
-
-    from retrain.config.schema import AlgorithmConfig, Config, InferenceConfig
-    from retrain.credit import build_credit_pipeline
-    from retrain.errors import PluginError
-    from retrain.plan import check_capabilities
-
-    config = Config()
-    credit = build_credit_pipeline(config)
-    check_capabilities(FakeBackend(), config, credit, resuming=True)
-    with pytest.raises(PluginError, match="has no in-process engine"):
-        check_capabilities(FakeBackend(in_process_engine=False), config, credit, resuming=False)
-    check_capabilities(FakeBackend(in_process_engine=False),
-                       dataclasses.replace(config, inference=InferenceConfig(engine="my.Engine")), credit, resuming=False)
-    entropy = dataclasses.replace(config, algorithm=AlgorithmConfig(uncertainty_kind="shannon_entropy"))
-    with pytest.raises(PluginError, match="needs per-token entropies"):
-        check_capabilities(FakeBackend(supports_entropies=False), entropy, build_credit_pipeline(entropy), resuming=False)
-    with caplog.at_level("WARNING", logger="retrain.plan"):
-        check_capabilities(FakeBackend(exact_resume=False), config, credit, resuming=True)
-    assert "will not repeat the uninterrupted one exactly" in caplog.text
-
-
 RUNNABLE = sorted([REPO / "retrain.toml", *REPO.glob("configs/*.toml"),
                    *(p for p in REPO.glob("retrain/templates/*.toml") if p.stem != "campaign")])
 
@@ -115,22 +83,23 @@ def test_campaign_files_load_but_are_refused_by_this_version() -> None:
 
 
 ENGINELESS_BACKEND = """
-from retrain.backends.base import BackendCapabilities
+from retrain.types import BackendCapabilities
 
 
 class EnginelessBackend:
-    capabilities = BackendCapabilities(reports_loss=True, preserves_token_advantages=True, exact_resume=True,
-                                       supports_entropies=False, in_process_engine=False)
+    @classmethod
+    def capabilities(cls, config):
+        return BackendCapabilities(publishes=("remote",), reports_loss=True, preserves_token_advantages=True,
+                                   exact_resume=True)
 
     def __init__(self, config): ...
     def encode_prompt(self, messages): ...
     def train_step(self, batch): ...
+    def publish(self, kind, directory): ...
     def save_adapter(self, path): ...
     def save_state(self, directory): ...
     def load_state(self, directory): ...
-    def engine(self): ...
-    def sync_engine_weights(self): ...
-    def shutdown(self): ...
+    def close(self): ...
 """
 
 
@@ -139,7 +108,9 @@ def test_a_plugin_backend_is_held_to_its_capabilities_before_any_model_loads(tmp
     (tmp_path / "plugs" / "engineless.py").write_text(ENGINELESS_BACKEND)
     config = tmp_path / "c.toml"
     config.write_text('[plugins]\nsearch_paths = ["plugs"]\n[backend]\nbackend = "engineless.EnginelessBackend"\n'
-                      '[model]\nlora_rank = 8\n')
+                      '[model]\nlora_rank = 0\n')
     result = explain(config, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert "backend 'engineless.EnginelessBackend' has no in-process engine" in result.stderr
+    assert "engine 'pytorch' loads in_process but backend 'engineless.EnginelessBackend' publishes remote" \
+        in result.stderr
+    assert "0 (full fine-tuning) is not supported by backend 'engineless.EnginelessBackend'" in result.stderr

@@ -146,35 +146,51 @@ def test_one_seed_gives_one_run_with_lora_dropout(tmp_path: Path, retrain_cache:
 
 ENGINE_PLUGIN = '''
 """An engine with its own copy of the model, as a server would have: it only learns of
-new weights through load_adapter."""
+new weights by loading the folders the backend publishes."""
 
 import json
-import threading
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from retrain.engines.pytorch import PyTorchEngine
+from retrain.backends.weights import load_saved_weights
+from retrain.engines.sampler import Sampler
 from retrain.models.tiny import resolve_model_path
+from retrain.types import EngineCapabilities
 
 
 class OwnCopyEngine:
+    @classmethod
+    def capabilities(cls, config):
+        return EngineCapabilities(loads=("lora_adapter", "full_weights"))
+
     def __init__(self, config):
         path = resolve_model_path(config.model.model)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        self.inner = PyTorchEngine(model, tokenizer, device="cpu", generator=torch.Generator().manual_seed(0),
-                                   weights_lock=threading.Lock())
+        self.sampler = Sampler(model, AutoTokenizer.from_pretrained(path), device="cpu",
+                               generator=torch.Generator().manual_seed(0))
+        self.policy_version = -1
         self.record = Path(config.logging.log_dir) / "engine_loads.jsonl"
 
-    def generate(self, prompt_token_ids, n, max_tokens, temperature, top_p, want_entropies=False):
-        return self.inner.generate(prompt_token_ids, n, max_tokens, temperature, top_p, want_entropies)
+    def generate(self, prompt_token_ids, params):
+        return self.sampler.generate(prompt_token_ids, params)
 
-    def load_adapter(self, path, version):
-        self.inner.load_adapter(path, version)
+    def load(self, ref):
+        with self.sampler.weights_lock:
+            load_saved_weights(self.sampler.model, Path(ref.location))
+        self.sampler.policy_version = self.policy_version = ref.version
         with open(self.record, "a") as out:
-            out.write(json.dumps({"version": version, "path": str(path)}) + "\\n")
+            out.write(json.dumps({"version": ref.version, "kind": ref.kind, "path": ref.location}) + "\\n")
+
+    def save_state(self, directory):
+        pass
+
+    def load_state(self, directory):
+        pass
+
+    def close(self):
+        self.sampler = None
 '''
 
 
@@ -188,7 +204,9 @@ def test_an_engine_plugin_loads_the_weights_of_every_update_and_after_resume(tmp
     assert first.returncode == 0, describe(first)
     log_dir = workdir / DEFAULT_LOG_DIR
     loads = read_jsonl_strict(log_dir / "engine_loads.jsonl")
-    assert [load["version"] for load in loads] == [1, 2, 3]
+    # The initial weights first, then every update; full fine-tuning publishes model folders.
+    assert [load["version"] for load in loads] == [0, 1, 2, 3]
+    assert {load["kind"] for load in loads} == {"full_weights"}
     # Absolute: an engine in another process resolves paths from its own directory.
     assert all(Path(load["path"]).is_absolute() for load in loads)
     rows = read_jsonl_strict(log_dir / "metrics.jsonl")
@@ -199,7 +217,7 @@ def test_an_engine_plugin_loads_the_weights_of_every_update_and_after_resume(tmp
     # A resumed run first hands the engine the restored weights.
     resumed = run_retrain(workdir, retrain_cache, "--resume", str(DEFAULT_LOG_DIR), "--max-steps", "4")
     assert resumed.returncode == 0, describe(resumed)
-    assert [load["version"] for load in read_jsonl_strict(log_dir / "engine_loads.jsonl")][3:] == [3, 4]
+    assert [load["version"] for load in read_jsonl_strict(log_dir / "engine_loads.jsonl")][4:] == [3, 4]
     assert json.loads((log_dir / "trainer_state.json").read_text())["policy_version"] == 4
 
 

@@ -1,31 +1,19 @@
-"""SEPA: pool the uncertainty of execution tokens, on a schedule.
+"""The SEPA schedule: the per-step lambda of SEPA pooling (``retrain.transforms.sepa``).
 
-SEPA (selective entropy pooling) separates a completion's tokens into planning tokens
-(``m_t = 1``: "wait, let me check", "the key insight", ... found by a planning detector)
-and execution tokens (``m_t = 0``: the routine steps). Before GTPO turns uncertainty into
-token weights, SEPA pulls every execution token's uncertainty toward the completion's
-execution mean::
-
-    u_t <- lambda * mean_{s: m_s = 0}(u_s) + (1 - lambda) * u_t      for m_t = 0
-    u_t unchanged                                                    for m_t = 1
-
-At ``lambda = 0`` nothing changes; at ``lambda = 1`` every execution token of a completion
-carries the same uncertainty, so GTPO's extra credit goes only to planning tokens that
-stand out.
-
-``lambda`` follows a per-step schedule (never per completion):
+``lambda`` changes once per step, for the whole batch (``[sepa]`` settings):
 
 - ``linear``: ``lambda(step) = clamp((step - delay_steps) / steps, 0, 1)``.
 - ``auto``: also follows the decay of the execution-token uncertainty variance. Each
-  step's variance (before pooling, over all execution tokens of the batch) feeds an EMA
-  ``v``; the mean of the first ``warmup_steps`` variances fixes the reference ``v_0``;
-  after the warm-up ``lambda = max(lambda_linear, 1 - min(v / v_0 / threshold, 1))``.
+  step's variance (before pooling, over all sampled execution tokens of the batch) feeds
+  an EMA ``v``; the mean of the first ``warmup_steps`` variances fixes the reference
+  ``v_0``; after the warm-up ``lambda = max(lambda_linear, 1 - min(v / v_0 / threshold, 1))``.
   A step without execution tokens has no variance and leaves the EMA alone.
 - A correctness gate holds ``lambda = 0`` until a batch's correct rate reaches
   ``correct_rate_gate``; from then on the gate stays open for good.
 
-The controller's state is plain JSON (``state_dict`` / ``load_state_dict``), so a resumed
-run continues the schedule exactly.
+The credit pipeline runs the schedule only when one of its stages declares
+``needs_sepa`` (the SEPA pooling stage does). Its state is plain JSON (``state_dict`` /
+``load_state_dict``), so a resumed run continues the schedule exactly.
 """
 
 from __future__ import annotations
@@ -33,33 +21,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import numpy as np
-
 from retrain.config.schema import SEPAConfig
 from retrain.errors import RetrainError
-
-
-def sepa_pool(
-    uncertainty_N_T: np.ndarray, mask_N_T: np.ndarray, planning_N_T: np.ndarray, sepa_lambda: float
-) -> np.ndarray:
-    """Pool execution-token uncertainty toward each completion's execution mean.
-
-    Planning tokens and padding keep their values; a completion without execution
-    tokens is returned unchanged. ``uncertainty_N_T`` must be finite.
-    """
-    uncertainty = np.asarray(uncertainty_N_T, dtype=np.float32)
-    if sepa_lambda == 0.0:
-        return uncertainty.copy()
-    execution_N_T = np.asarray(mask_N_T, dtype=bool) & ~np.asarray(planning_N_T, dtype=bool)
-    count_N = np.count_nonzero(execution_N_T, axis=1)
-    sum_N = (uncertainty * execution_N_T).sum(axis=1, dtype=np.float64)
-    mean_N = sum_N / np.maximum(count_N, 1)
-    lam = np.float32(sepa_lambda)
-    pooled = uncertainty * (np.float32(1.0) - lam)
-    pooled += (lam * mean_N.astype(np.float32))[:, None]
-    out = uncertainty.copy()
-    np.copyto(out, pooled, where=execution_N_T)
-    return out
 
 
 class SEPAController:

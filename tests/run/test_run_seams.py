@@ -1,0 +1,163 @@
+"""The runtime seams from outside: components that live in their own modules — a backend
+that trains on a remote service and an HTTP-style engine that loads references by name —
+train through the real CLI, selected by dotted path, with no change to retrain itself;
+and mismatched components are refused by ``retrain explain`` naming both sides."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_runs import read_jsonl_strict
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+
+from fakes.unigram_service import serve  # noqa: E402
+
+SEAMS_CONFIG = """\
+[backend]
+backend = "fakes.remote_backend.RemoteBackend"
+adapter_path = "{{log_dir}}/adapter"
+
+[backend.options]
+url = "{url}"
+
+[inference]
+engine = "fakes.http_engine.HttpEngine"
+url = "{url}"
+
+[algorithm]
+advantage_mode = "grpo"
+transform_mode = "none"
+
+[training]
+seed = 1
+max_steps = {steps}
+batch_size = 4
+group_size = 8
+max_tokens = 1
+temperature = 1.0
+lr = 1.0
+save_every = 5
+
+[data]
+source = "jsonl"
+path = "say7.jsonl"
+
+[logging]
+log_dir = "logs"
+
+[plugins]
+search_paths = ["{tests}"]
+"""
+
+
+def retrain(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "retrain", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def write_run_folder(tmp_path: Path, url: str, steps: int) -> None:
+    lines = [json.dumps({"prompt": f"Answer 7 ({index})", "answer": "7"}) for index in range(8)]
+    (tmp_path / "say7.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "c.toml").write_text(SEAMS_CONFIG.format(url=url, steps=steps, tests=TESTS))
+
+
+def test_a_remote_backend_and_an_http_engine_train_through_the_cli(tmp_path):
+    with serve() as (url, service):
+        write_run_folder(tmp_path, url, steps=20)
+        explain = retrain(tmp_path, "explain", "c.toml")
+        assert explain.returncode == 0, explain.stderr
+        assert "remote: the backend publishes each update" in explain.stdout
+        run = retrain(tmp_path, "c.toml")
+        assert run.returncode == 0, run.stdout + run.stderr
+        rows = read_jsonl_strict(tmp_path / "logs" / "metrics.jsonl")
+        assert [row["step"] for row in rows] == list(range(1, 21))
+        trained = [row for row in rows if not row["skipped"]]
+        assert trained and all(row["policy_staleness"] == 0 for row in rows)
+        # The unigram policy learns to answer 7: the reward climbs from about 1/11.
+        first, last = rows[0]["reward_mean"], sum(row["reward_mean"] for row in rows[-5:]) / 5
+        assert last > first + 0.3, (first, last)
+        loads = read_jsonl_strict(tmp_path / "logs" / "engine_loads.jsonl")
+        assert loads[0] == {"loaded": "policy-v0", "ref": f"unigram://{service.name}/v0", "unloaded": ""}
+        versions = [int(load["loaded"].removeprefix("policy-v")) for load in loads]
+        assert versions == sorted(set(versions)) and versions[-1] == rows[-1]["policy_version"]
+        assert all(load["unloaded"] == f"policy-v{previous}" for load, previous in zip(loads[1:], versions))
+        # close() on the way out unloaded the last adapter: the server holds none.
+        assert not service.adapters
+        resumed = retrain(tmp_path, "--resume", "logs", "--max-steps", "24")
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        rows = read_jsonl_strict(tmp_path / "logs" / "metrics.jsonl")
+        assert [row["step"] for row in rows] == list(range(1, 25))
+
+
+def write_plugin(folder: Path, name: str, source: str) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(source)
+
+
+NO_CAPABILITIES = """
+class Bare:
+    def __init__(self, config): pass
+    def encode_prompt(self, messages): return [1]
+    def train_step(self, batch): pass
+    def publish(self, kind, directory): pass
+    def save_adapter(self, path): pass
+    def save_state(self, directory): pass
+    def load_state(self, directory): pass
+    def close(self): pass
+"""
+
+FOLDER_ENGINE = """
+from fakes.http_engine import HttpEngine
+from retrain.types import EngineCapabilities
+
+class FolderEngine(HttpEngine):
+    @classmethod
+    def capabilities(cls, config):
+        return EngineCapabilities(loads=("lora_adapter", "full_weights"), reads=("inference.url",))
+"""
+
+
+def explain_error(tmp_path: Path, extra: str) -> str:
+    (tmp_path / "c.toml").write_text(f"[plugins]\nsearch_paths = [\"{tmp_path / 'plugs'}\", \"{TESTS}\"]\n"
+                                     "[data]\nsource = \"arithmetic\"\n" + extra)
+    result = retrain(tmp_path, "explain", "c.toml")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_explain_refuses_a_backend_plugin_without_capabilities(tmp_path):
+    write_plugin(tmp_path / "plugs", "bare_backend", NO_CAPABILITIES)
+    message = explain_error(tmp_path, "[backend]\nbackend = \"bare_backend.Bare\"\n")
+    assert "[backend].backend" in message and "bare_backend.Bare" in message
+    assert "no method capabilities()" in message and "BackendCapabilities" in message
+
+
+def test_explain_refuses_an_engine_that_cannot_load_what_the_backend_publishes(tmp_path):
+    write_plugin(tmp_path / "plugs", "folder_engine", FOLDER_ENGINE)
+    message = explain_error(tmp_path, "[backend]\nbackend = \"fakes.remote_backend.RemoteBackend\"\n"
+                                      "[backend.options]\nurl = \"http://127.0.0.1:9\"\n"
+                                      "[inference]\nengine = \"folder_engine.FolderEngine\"\nurl = \"http://127.0.0.1:9\"\n")
+    assert "engine 'folder_engine.FolderEngine' loads lora_adapter or full_weights" in message
+    assert "backend 'fakes.remote_backend.RemoteBackend' publishes remote" in message
+
+
+@pytest.mark.parametrize("uncertainty", ["shannon_entropy"])
+def test_explain_refuses_entropies_from_an_engine_that_cannot_return_them(tmp_path, uncertainty):
+    message = explain_error(tmp_path, "[backend]\nbackend = \"fakes.remote_backend.RemoteBackend\"\n"
+                                      "[backend.options]\nurl = \"http://127.0.0.1:9\"\n"
+                                      "[inference]\nengine = \"fakes.http_engine.HttpEngine\"\nurl = \"http://127.0.0.1:9\"\n"
+                                      f"[algorithm]\nuncertainty_kind = \"{uncertainty}\"\n")
+    assert "[algorithm].uncertainty_kind" in message
+    assert "engine 'fakes.http_engine.HttpEngine' cannot return" in message
+
+
+def test_a_server_url_no_component_reads_is_refused(tmp_path):
+    message = explain_error(tmp_path, "[backend]\ndevices = \"cpu\"\n[inference]\nurl = \"http://127.0.0.1:9\"\n")
+    assert "[inference].url: is read by neither backend 'local' nor engine 'pytorch'" in message
