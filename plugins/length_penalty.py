@@ -2,7 +2,7 @@
 
 Long completions pay a small price relative to the longest completion of the batch::
 
-    r'_i = r_i - penalty * L_i / T          (L_i the completion's length, T the longest)
+    r'_i = r_i - penalty * L_i / T          (L_i the tokens completion i sampled, T the most of the batch)
     A_i  = r'_i - mean_group(r')            (GRPO)
     a_t  = A_i on every token of completion i
 

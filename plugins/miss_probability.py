@@ -21,6 +21,7 @@ from retrain.plugin_api import SampleBatch, register
 
 @register("uncertainty")
 def miss_probability(batch: SampleBatch) -> np.ndarray:
-    """1 - p of the sampled token, 0 on padding."""
-    probabilities = np.exp(np.asarray(batch.logprobs_N_T, dtype=np.float32))
-    return np.where(np.asarray(batch.mask_N_T, dtype=bool), np.float32(1.0) - probabilities, np.float32(0.0))
+    """1 - p of the sampled token, 0 on tokens the policy did not sample."""
+    # -expm1(l) is 1 - exp(l) without the cancellation that zeroes it for confident tokens.
+    miss = -np.expm1(np.minimum(np.asarray(batch.logprobs_N_T, dtype=np.float32), np.float32(0.0)))
+    return np.where(np.asarray(batch.loss_mask_N_T, dtype=bool), miss, np.float32(0.0))

@@ -147,18 +147,15 @@ class _Planner:
         section, key = COMPONENT_SETTINGS[kind]
         who = f"{kind} '{plugin.name}' ({plugin.origin})"
         try:
-            capabilities = plugin.obj.capabilities(self.config)
             own = plugin.obj.config_issues(self.config) if hasattr(plugin.obj, "config_issues") else []
+            # Capabilities are declared for a config the component accepts.
+            capabilities = None if any(not issue.warning for issue in own) else plugin.obj.capabilities(self.config)
         except Exception as exc:
             if plugin.builtin:
                 raise  # a bug in retrain itself: keep its traceback
             self.cause = self.cause or exc
             self.issue(section, key, f"{who} raised {type(exc).__name__} while declaring its capabilities: {exc}",
                        "fix the plugin (RETRAIN_DEBUG=1 shows where)")
-            return None
-        if not isinstance(capabilities, expected):
-            self.issue(section, key, f"{who}: capabilities(config) returned {type(capabilities).__name__}, "
-                       f"not a {expected.__name__}", f"return retrain.types.{expected.__name__}(...)")
             return None
         for problem in own:
             where = self.resolved.sources.get((problem.section, problem.key), "")
@@ -167,6 +164,10 @@ class _Planner:
                 self.resolved.warnings.append(located)
             elif located not in self.issues:
                 self.issues.append(located)
+        if capabilities is not None and not isinstance(capabilities, expected):
+            self.issue(section, key, f"{who}: capabilities(config) returned {type(capabilities).__name__}, "
+                       f"not a {expected.__name__}", f"return retrain.types.{expected.__name__}(...)")
+            return None
         return capabilities
 
 

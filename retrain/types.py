@@ -67,7 +67,7 @@ class SamplingParams:
 
     n: int
     max_tokens: int
-    temperature: float
+    temperature: float = 1.0
     top_p: float = 1.0
     want_entropies: bool = False
 
@@ -172,7 +172,7 @@ class TrainBatch:
     token_advantages_N_T: np.ndarray
     # Index into the step's SampleBatch rows, so a trajectory maps back to its prompt.
     prompt_index_N: np.ndarray
-    temperature: float
+    temperature: float = 1.0
 
     @property
     def num_rows(self) -> int:

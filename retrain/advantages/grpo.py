@@ -22,6 +22,6 @@ from retrain.registry import register
 
 @register("advantage")
 def grpo_advantages(rewards_P_G: np.ndarray, params: Mapping[str, object] | None = None) -> np.ndarray:
-    """GRPO: A = r - mean(r) per group"""
+    """GRPO: A = r - mean(r) per group."""
     rewards = np.asarray(rewards_P_G, dtype=np.float64)
     return rewards - rewards.mean(axis=1, keepdims=True)

@@ -26,7 +26,7 @@ MAXRL_EPS = 1e-6
 
 @register("advantage")
 def maxrl_advantages(rewards_P_G: np.ndarray, params: Mapping[str, object] | None = None) -> np.ndarray:
-    """MaxRL: A = (r - mean) / (mean + 1e-6) per group, 0 when mean <= 1e-6"""
+    """MaxRL: A = (r - mean) / (mean + 1e-6) per group, 0 when mean <= 1e-6."""
     rewards = np.asarray(rewards_P_G, dtype=np.float64)
     mean_P_1 = rewards.mean(axis=1, keepdims=True)
     # np.where evaluates both branches; the floor keeps the unused one finite.

@@ -68,24 +68,30 @@ def run_graph_text(plan: dict[str, object]) -> str:
     component("reward", "reward")
     component("planning", "planning")
     uncertainty: dict[str, str] = credit["uncertainty"]  # type: ignore[assignment]
-    lines.append(f"  {'uncertainty':<12} {uncertainty['name']}  ({uncertainty['origin']})")
+    lines.append(f"  {'uncertainty':<12} {uncertainty['name']}  ({uncertainty['origin']}){_described(uncertainty)}")
     if credit["mode"] == "algorithm":
         algorithm: dict[str, object] = credit["algorithm"]  # type: ignore[assignment]
-        lines.append(f"  {'algorithm':<12} {algorithm['name']}  ({algorithm['origin']}) params {algorithm.get('params', {})}")
+        lines.append(f"  {'algorithm':<12} {algorithm['name']}  ({algorithm['origin']}) params {algorithm.get('params', {})}"
+                     f"{_described(algorithm)}")
     else:
         advantage: dict[str, object] = credit["advantage"]  # type: ignore[assignment]
         transform: dict[str, object] = credit["transform"]  # type: ignore[assignment]
         lines.append(f"  {'advantage':<12} {advantage['name']}  ({advantage['origin']})"
-                     + (f" params {advantage['params']}" if advantage.get("params") else ""))
+                     + (f" params {advantage['params']}" if advantage.get("params") else "") + _described(advantage))
         stages = transform.get("stages") or []
         chain = " -> ".join(f"{stage['stage']}{_params(stage.get('params'))}" for stage in stages) or "none"  # type: ignore[index,union-attr]
-        lines.append(f"  {'transforms':<12} {chain}  ({transform['name']}, {transform['origin']})")
+        lines.append(f"  {'transforms':<12} {chain}  ({transform['name']}, {transform['origin']}){_described(transform)}")
     if credit.get("surprisal_mask_rho"):
         lines.append(f"  {'masking':<12} keep the top {credit['surprisal_mask_rho']} most uncertain tokens per group")
     component("backend", "backend")
     lines.append(f"  {'publish':<12} {plan['publication']}: the backend publishes each update, the engine loads it")
     lines.append("  probe        a synthetic batch went through the credit pipeline: ok")
     return "\n".join(lines) + "\n"
+
+
+def _described(stage: dict[str, object]) -> str:
+    """The stage's one-line description (its docstring's first line), when it has one."""
+    return f" — {stage['description']}" if stage.get("description") else ""
 
 
 def _params(params: object) -> str:

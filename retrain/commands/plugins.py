@@ -1,7 +1,8 @@
 """``retrain plugins [CONFIG] [--json]``: built-in and discovered plugins, per kind.
 
-Lists every kind's built-ins with a one-line description and the settings they read,
-then every module found in the ``[plugins] search_paths`` directories (of CONFIG, or the
+Lists every kind's built-ins with a one-line description and the settings they read (a
+credit stage's description is the first line of its docstring, its settings the config
+sections it registered), then every module found in the ``[plugins] search_paths`` directories (of CONFIG, or the
 defaults relative to the working directory) with its import status and the plugins it
 registered. Importing a discovered module runs its top-level code, as a run would.
 """
@@ -21,6 +22,7 @@ from retrain.registry import (
     BUILTIN_DESCRIPTIONS,
     DiscoveredModule,
     discover,
+    resolve,
     search_locations,
 )
 
@@ -43,9 +45,25 @@ def builtins_listing() -> dict[str, list[dict[str, str]]]:
     """kind -> [{name, description, reads}] for every built-in."""
     listing = {}
     for kind, names in registry_names.BUILTINS.items():
-        described = BUILTIN_DESCRIPTIONS[kind]
-        listing[kind] = [{"name": name, "description": described[name][0], "reads": described[name][1]} for name in names]
+        listing[kind] = []
+        for name in names:
+            description, reads = builtin_summary(kind, name)
+            listing[kind].append({"name": name, "description": description, "reads": reads})
     return listing
+
+
+def builtin_summary(kind: str, name: str) -> tuple[str, str]:
+    """(description, settings read) of one built-in. Credit stages are imported (numpy
+    only) and describe themselves; the other kinds are described without importing."""
+    if kind in BUILTIN_DESCRIPTIONS:
+        return BUILTIN_DESCRIPTIONS[kind][name]
+    from retrain.credit.stages import description_of, settings_read
+
+    resolved = resolve(kind, name, PluginsConfig())
+    if kind == "algorithm":
+        _, transform = registry_names.ALGORITHM_RECIPES[name]
+        return description_of(resolved), settings_read(resolve("transform", transform, PluginsConfig()))
+    return description_of(resolved), settings_read(resolved)
 
 
 def _module_json(module: DiscoveredModule) -> dict[str, object]:

@@ -21,10 +21,11 @@ from retrain.plugin_outputs import OutputValidator
 from retrain.transforms import SEPAController, top_rho_mask
 from retrain.types import CreditResult, SampleBatch
 
+
 @dataclass(frozen=True)
 class Selector:
-    """A token subset as a float32 0/1 array (multiplying by it is several times faster
-    than by a bool array) with its size."""
+    """A token subset: the bool mask, the same as a float32 0/1 array (multiplying by it
+    is several times faster than by a bool array), and its size."""
 
     chosen_N_T: np.ndarray
     weights_N_T: np.ndarray
@@ -190,9 +191,10 @@ class CreditPipeline:
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         saved = state.get("sepa")
         if (saved is None) != (self.sepa is None):
-            held, used = ("holds" if saved is not None else "has no"), ("uses" if self.sepa is not None else "has none")
-            raise RetrainError(f"the saved credit state {held} SEPA schedule, but this pipeline {used} — resume with "
-                               "the transform_mode / algorithm_mode the run was saved with")
+            mismatch = ("holds a SEPA schedule, but this pipeline has no SEPA stage" if saved is not None
+                        else "has no SEPA schedule, but this pipeline has a SEPA stage")
+            raise RetrainError(f"the saved credit state {mismatch} — resume with the transform_mode / algorithm_mode "
+                               "the run was saved with")
         if self.sepa is not None:
             self.sepa.load_state_dict(saved)  # type: ignore[arg-type]
 

@@ -7,13 +7,22 @@ in its ``TransformContext``. ``gtpo`` and ``hicra`` alone are their stage functi
 (``retrain.transforms.gtpo:gtpo``, ``retrain.transforms.hicra:hicra``).
 
 Precision of every composition, for the float32 uncertainty the uncertainty stage returns
-and float64 episode advantages ``A``: each token advantage equals the exact value of the
-formulas to within a relative ``5 * 2^-24`` (about 3e-7: float32 roundings of ``A``, of the
-GTPO weight, of ``A w_t``, of HICRA's factor and of its product) plus an absolute
-``2^-50 |A| (1 + beta (1 + u_t / ubar))`` (at most about 1e-11 |A| for ``beta = 1000`` and
-``u_t / ubar <= 10^4``) from the float64 GTPO weighting, at every accepted ``beta``
-(``[gtpo] beta`` in [0, 1000]), ``alpha`` ([0, 1)) and ``lambda``. The tests check the
-pipeline against a per-token float64 reference at 1e-6 relative with that absolute term.
+and the float64 episode advantages ``A``, at every accepted ``beta`` ([gtpo] beta in
+[0, 1000]), ``alpha`` ([hicra] alpha in [0, 1)) and ``lambda``: each token advantage
+``a_t`` is within
+
+    3e-7 |a*_t| + 2e-14 |A| (1 + beta (1 + u_t / ubar))
+
+of the exact value ``a*_t`` of the formulas. The relative part is five float32 roundings
+(of ``A``, of the GTPO weight, of ``A w_t``, of HICRA's factor and of its product:
+``5 * 2^-24``). The absolute part bounds the float64 rounding of the means, of SEPA's
+pooled values and of the GTPO weight (``(24 + log2 n) 2^-53`` for ``n`` tokens, doubled
+for HICRA's factor); it matters only where the floor ``max(0, .)`` leaves a weight near 0,
+whose exact value is then a near-cancellation of terms of size ``beta u_t / ubar``.
+Results below float32's smallest normal (1.2e-38) hold only to that absolute size, and a
+completion whose mean uncertainty is within rounding of GTPO's 1e-7 cut may take either
+branch. ``tests/credit/test_credit_numerics.py`` checks the bound against an exact
+rational reference.
 """
 
 from __future__ import annotations

@@ -16,9 +16,11 @@ gets the opposite sign of ``A``.
 
 Precision: ``w_t`` is formed in float64 and rounded once to float32. In float32 the
 formula (or its rearrangement ``(beta / ubar) u_t + (1 - beta)``) cancels: for large
-``beta`` its terms are about ``beta`` in size, so it keeps only ``beta * 2^-24`` of 1 (6e-5
-at ``beta = 1000``). In float64 the cancellation costs at most ``2^-52 (1 + beta (1 +
-u_t / ubar))``, far below the float32 rounding of the result at every ``beta`` in [0, 1000].
+``beta`` its terms are about ``beta`` in size, so a weight near 1 comes out wrong by about
+``beta * 2^-24`` (6e-5 at ``beta = 1000``). In float64 the same cancellation costs at most
+``(24 + log2 n) 2^-53 (1 + beta (1 + u_t / ubar))`` for ``n`` tokens, below the float32
+rounding of the result for every weight not clipped to near 0, at every ``beta`` in
+[0, 1000] (the full statement is in ``retrain.transforms.compositions``).
 """
 
 from __future__ import annotations

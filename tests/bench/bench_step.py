@@ -79,7 +79,7 @@ def bench_retrain(model_dir: Path, model_name: str, max_tokens: int, steps: int)
     from retrain.config.loader import resolve_config
     from retrain.metrics import metrics_row
     from retrain.plan import plan_run
-    from retrain.run import build_run
+    from retrain.run import build_run, start
     from retrain.step import rl_step
 
     with tempfile.TemporaryDirectory() as folder:
@@ -94,9 +94,11 @@ def bench_retrain(model_dir: Path, model_name: str, max_tokens: int, steps: int)
             + reward_lines(model_name) +
             f"[logging]\nlog_dir = \"{Path(folder) / 'logs'}\"\n"
         )
-        run = build_run(plan_run(resolve_config(config_path, environ={})))
+        plan = plan_run(resolve_config(config_path, environ={}))
+        run = build_run(plan)
         totals, sampling, training, lengths = [], [], [], []
         try:
+            start(run, None, plan)
             for step in range(1, WARMUP_STEPS + steps + 1):
                 begin = time.perf_counter()
                 record = rl_step(run, step)
@@ -111,9 +113,7 @@ def bench_retrain(model_dir: Path, model_name: str, max_tokens: int, steps: int)
                     training.append(record.timings["train_time_s"])
                     lengths.append(float(record.collected.samples.lengths_N.mean()))
         finally:
-            run.collector.close()
-            run.sinks.close()
-            run.backend.shutdown()
+            run.close()
     outside = [(t - s - u) / t for t, s, u in zip(totals, sampling, training)]
     return {
         "step_s": statistics.median(totals),

@@ -116,7 +116,7 @@ def check_after_kill(log_dir: Path, trial: Trial) -> tuple[int, bool]:
         trial.problems.append(f"trainer_state.json is corrupt after a kill: {exc}")
     if step is not None:
         state = json.loads((log_dir / "trainer_state.json").read_text())
-        if not (log_dir / state["checkpoint"] / "local_backend_state.pt").is_file():
+        if not (log_dir / state["checkpoint"] / "backend" / "local_backend_state.pt").is_file():
             trial.problems.append(f"trainer_state.json names {state['checkpoint']}, which has no backend state")
         try:
             load_weights(log_dir / "adapter" / f"checkpoint_step_{step}")

@@ -385,7 +385,6 @@ def test_shipped_configs_set_nothing_without_effect(path: Path) -> None:
     ('[reward]\ncustom_function = "f"\n', [("reward", "custom_function", 2)]),
     ('[logging]\nwandb_tags = "a,b"\n', [("logging", "wandb_tags", 2)]),
     ('[backpressure]\nmax_batch_size = 8\n', [("backpressure", "max_batch_size", 2)]),
-    ('[backend]\ndevices = "gpu:0"\n[backend.options]\ncpu_threads = 2\n', [("backend.options", "cpu_threads", 4)]),
 ])
 def test_settings_without_effect_are_warned_about_where_they_are(tmp_path: Path, text: str,
                                                                  expected: list[tuple[str, str, int]]) -> None:
@@ -398,12 +397,6 @@ def test_a_planning_detector_plugin_may_read_the_planning_settings(tmp_path: Pat
     path = write(tmp_path, '[algorithm]\ntransform_mode = "gtpo_hicra"\n[planning]\ndetector = "my.Detector"\n'
                            'threshold = 0.7\n[logging]\nstrategic_grams = "wait"\n')
     assert resolve_config(path, environ={}).warnings == []
-
-
-def test_split_mode_needs_the_in_process_engine(tmp_path: Path) -> None:
-    path = write(tmp_path, '[backend]\ndevices = "cpu,cpu"\n[inference]\nengine = "my.Engine"\n')
-    with pytest.raises(ConfigError, match=r"c.toml:2 \[backend\].devices: split mode puts the in-process"):
-        load_config(path, environ={})
 
 
 def test_a_transform_plugin_may_read_any_section(tmp_path: Path) -> None:

@@ -1,9 +1,25 @@
 """Slow, obviously correct per-token reference implementations of the credit math
-(DESIGN §5), written with plain Python loops and floats, for checking the fast paths."""
+(DESIGN §5), for checking the fast paths.
+
+Plain Python loops over one completion at a time, on the sampled tokens only (a row's
+values are given as the list of its sampled tokens; environment tokens are simply not in
+it). The transform math is exact: every input float is turned into the ``Fraction`` it
+stands for, so the reference rounds nothing and a comparison measures the fast code's
+error alone. ``predictive_variance`` uses 100-digit decimals for ``exp``.
+"""
 
 from __future__ import annotations
 
 import math
+from decimal import Decimal, localcontext
+from fractions import Fraction
+
+GTPO_MEAN_FLOOR = Fraction(1e-7)
+GTPO_EPS = Fraction(1e-8)
+
+
+def exact(value: float) -> Fraction:
+    return Fraction(float(value))
 
 
 def grpo(rewards: list[float]) -> list[float]:
@@ -19,35 +35,42 @@ def maxrl(rewards: list[float]) -> list[float]:
 
 
 def surprisal(logprobs: list[float]) -> list[float]:
-    return [min(-lp, 50.0) for lp in logprobs]
+    # A logprob above 0 (server rounding) means p = 1: surprisal 0.
+    return [min(max(-lp, 0.0), 50.0) for lp in logprobs]
 
 
 def predictive_variance(logprobs: list[float]) -> list[float]:
+    """p (1 - p) with p = exp(min(l, 0)), from 100-digit decimals."""
     out = []
-    for lp in logprobs:
-        p = math.exp(lp)
-        out.append(p * (1.0 - p))
+    with localcontext() as context:
+        context.prec = 100  # 1 - p keeps 50 digits even for |l| near float32's smallest, 1e-45
+        for lp in logprobs:
+            if lp == -math.inf:
+                out.append(0.0)
+                continue
+            p = Decimal(min(float(lp), 0.0)).exp()
+            out.append(float(p * (1 - p)))
     return out
 
 
-def sepa(uncertainty: list[float], planning: list[bool], lam: float) -> list[float]:
+def sepa(uncertainty: list[Fraction], planning: list[bool], lam: Fraction) -> list[Fraction]:
     execution = [u for u, m in zip(uncertainty, planning) if not m]
     if not execution:
         return list(uncertainty)
     mean = sum(execution) / len(execution)
-    return [u if m else lam * mean + (1.0 - lam) * u for u, m in zip(uncertainty, planning)]
+    return [u if m else lam * mean + (1 - lam) * u for u, m in zip(uncertainty, planning)]
 
 
-def gtpo(advantage: float, uncertainty: list[float], beta: float) -> list[float]:
+def gtpo(advantage: Fraction, uncertainty: list[Fraction], beta: Fraction) -> list[Fraction]:
     if not uncertainty:
         return []
     mean = sum(uncertainty) / len(uncertainty)
-    if beta == 0.0 or mean < 1e-7:
+    if beta == 0 or mean < GTPO_MEAN_FLOOR:
         return [advantage for _ in uncertainty]
-    return [advantage * max(0.0, 1.0 + beta * (u / (mean + 1e-8) - 1.0)) for u in uncertainty]
+    return [advantage * max(Fraction(0), 1 + beta * (u / (mean + GTPO_EPS) - 1)) for u in uncertainty]
 
 
-def hicra(token_advantages: list[float], planning: list[bool], alpha: float) -> list[float]:
+def hicra(token_advantages: list[Fraction], planning: list[bool], alpha: Fraction) -> list[Fraction]:
     return [a + alpha * abs(a) if m else a for a, m in zip(token_advantages, planning)]
 
 
@@ -61,42 +84,56 @@ def top_rho_keep(group_uncertainty: list[list[float]], rho: float) -> list[list[
     return [[u >= threshold for u in row] for row in group_uncertainty]
 
 
+def episode_advantages(rewards: list[list[float]], advantage: str) -> list[float]:
+    """Flat, prompt-major episode advantages."""
+    estimator = grpo if advantage == "grpo" else maxrl
+    return [a for group in rewards for a in estimator(group)]
+
+
 def token_advantages(
-    rewards: list[list[float]],
+    episode: list[float],
     uncertainty: list[list[float]],
     planning: list[list[bool]],
     *,
-    advantage: str,
+    group_size: int,
     stages: tuple[str, ...],
     beta: float,
     alpha: float,
     lam: float,
     rho: float = 0.0,
-) -> list[list[float]]:
-    """The whole composable pipeline, one completion and one token at a time."""
-    estimator = grpo if advantage == "grpo" else maxrl
-    group_size = len(rewards[0])
+) -> list[list[Fraction]]:
+    """The composable transform, exactly, one completion and one token at a time.
+
+    ``episode`` holds one advantage per completion; ``uncertainty[i]`` and ``planning[i]``
+    the values of completion i's sampled tokens.
+    """
     out = []
-    for prompt, group_rewards in enumerate(rewards):
-        episode = estimator(group_rewards)
-        rows = range(prompt * group_size, (prompt + 1) * group_size)
-        group_tokens = []
-        for g, row in enumerate(rows):
-            u = list(uncertainty[row])
-            a = [episode[g] for _ in u]
-            for stage in stages:
-                if stage == "sepa":
-                    u = sepa(u, planning[row], lam)
-                elif stage == "gtpo":
-                    weights = gtpo(1.0, u, beta)
-                    a = [x * w for x, w in zip(a, weights)]
-                elif stage == "hicra":
-                    a = hicra(a, planning[row], alpha)
-            group_tokens.append(a)
-        keep = top_rho_keep([list(uncertainty[row]) for row in rows], rho)
-        for tokens, kept in zip(group_tokens, keep):
-            out.append([x if k else 0.0 for x, k in zip(tokens, kept)])
+    for row, (advantage, values, marks) in enumerate(zip(episode, uncertainty, planning)):
+        u = [exact(x) for x in values]
+        a = [exact(advantage) for _ in u]
+        for stage in stages:
+            if stage == "sepa":
+                u = sepa(u, marks, exact(lam))
+            elif stage == "gtpo":
+                weights = gtpo(Fraction(1), u, exact(beta))
+                a = [x * w for x, w in zip(a, weights)]
+            elif stage == "hicra":
+                a = hicra(a, marks, exact(alpha))
+        out.append(a)
+    for start in range(0, len(out), group_size):
+        keep = top_rho_keep(uncertainty[start:start + group_size], rho)
+        for row, kept in enumerate(keep, start=start):
+            out[row] = [x if k else Fraction(0) for x, k in zip(out[row], kept)]
     return out
+
+
+def gtpo_error_bound(advantage: float, uncertainty: list[float], beta: float) -> list[float]:
+    """The absolute part of the documented tolerance (retrain.transforms.compositions),
+    ``2e-14 |A| (1 + beta (1 + u_t / ubar))``, taken at the row's largest ``u_t``: SEPA
+    pooling moves the values but keeps their mean ``ubar``."""
+    mean = sum(uncertainty) / len(uncertainty) if uncertainty else 0.0
+    largest = max(uncertainty) / mean if mean > 0 else 0.0
+    return [2e-14 * abs(advantage) * (1.0 + beta * (1.0 + largest)) for _ in uncertainty]
 
 
 def overlapping_tokens(matches: list[tuple[int, int]], token_spans: list[tuple[int, int]]) -> list[bool]:
@@ -105,9 +142,10 @@ def overlapping_tokens(matches: list[tuple[int, int]], token_spans: list[tuple[i
 
 
 def ragged_batch(rows: list[list[float]], group_size: int, entropies: list[list[float]] | None = None,
-                 width: int | None = None):
+                 width: int | None = None, environment: list[list[bool]] | None = None):
     """A SampleBatch whose completion i has the logprobs ``rows[i]`` (padding holds junk
-    that every stage must ignore)."""
+    that every stage must ignore). ``environment[i][t]`` marks token t of row i as an
+    environment token: real, but not sampled (loss mask False)."""
     import numpy as np
 
     from retrain.types import SampleBatch
@@ -122,12 +160,15 @@ def ragged_batch(rows: list[list[float]], group_size: int, entropies: list[list[
         logprobs[index, : len(row)] = row
         if entropy_array is not None:
             entropy_array[index, : len(row)] = entropies[index]
+    loss_mask = mask.copy()
+    for index, marks in enumerate(environment or []):
+        loss_mask[index, : len(marks)] &= ~np.array(marks, dtype=bool)
     return SampleBatch(
         prompt_token_ids=[[1] for _ in range(count // group_size)],
         group_size=group_size,
         token_ids_N_T=np.zeros((count, width), dtype=np.int64),
         mask_N_T=mask,
-        loss_mask_N_T=mask.copy(),
+        loss_mask_N_T=loss_mask,
         logprobs_N_T=logprobs,
         finish_reasons=["stop"] * count,
         texts=["" for _ in rows],
@@ -136,12 +177,12 @@ def ragged_batch(rows: list[list[float]], group_size: int, entropies: list[list[
 
 
 def assert_close(actual, expected) -> None:
-    """Fast (float32) equals reference (float64) to 1e-6, relative to the largest value of
-    the completion: a float32 result cannot be closer than its own rounding (about 1e-7
-    of its magnitude), and GTPO weights near 0 cancel terms of the size of beta."""
+    """Fast (float32) equals reference to 1e-6, relative to the largest value of the
+    completion: a float32 result cannot be closer than its own rounding (about 1e-7 of
+    its magnitude)."""
     import numpy as np
 
-    expected_array = np.asarray(expected, dtype=np.float64)
+    expected_array = np.asarray([float(x) for x in expected], dtype=np.float64)
     scale = max(1.0, float(np.abs(expected_array).max(initial=0.0)))
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected_array, rtol=1e-6, atol=1e-6 * scale)
 

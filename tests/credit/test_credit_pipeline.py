@@ -42,8 +42,11 @@ def make_config(search_paths: list[str] | None = None, strict: bool = True, beta
 
 
 def random_case(seed: int, groups: int = 3, group_size: int = 4, max_len: int = 40):
+    """A ragged batch with environment turns; the planning mask also marks some
+    environment tokens, which the pipeline must ignore."""
     rng = np.random.default_rng(seed)
-    batch = synthetic_batch(num_prompts=groups, group_size=group_size, max_tokens=max_len, seed=seed)
+    batch = synthetic_batch(num_prompts=groups, group_size=group_size, max_tokens=max_len, seed=seed,
+                            with_environment_turns=True)
     rewards = rng.choice([0.0, 0.5, 1.0], size=(groups, group_size))
     rewards[0] = 1.0  # one all-correct group
     planning = batch.mask_N_T & (rng.random(batch.mask_N_T.shape) < 0.25)
@@ -65,16 +68,19 @@ def test_the_pipeline_equals_the_per_token_reference(transform, advantage, uncer
         rewards, batch, planning = random_case(seed)
         step = seed % 5
         result = pipeline(rewards, batch, planning, step=step)
-        mask = batch.mask_N_T
-        logprobs = rows(batch.logprobs_N_T, mask)
+        sampled = batch.loss_mask_N_T
+        logprobs = rows(batch.logprobs_N_T, sampled)
         signal = [ref.surprisal(row) if uncertainty == "surprisal" else ref.predictive_variance(row) for row in logprobs]
-        expected = ref.token_advantages(rewards.tolist(), signal, rows(planning, mask), advantage=advantage,
+        np.testing.assert_allclose(result.uncertainty_N_T[sampled], np.concatenate([np.array(s, dtype=np.float64)
+                                   for s in signal]), rtol=1e-6, atol=1e-7)
+        episode = ref.episode_advantages(rewards.tolist(), advantage)
+        np.testing.assert_allclose(result.episode_advantages_N, episode, rtol=1e-9, atol=1e-12)
+        expected = ref.token_advantages(episode, signal, rows(planning & sampled, sampled), group_size=4,
                                         stages=STAGES[transform], beta=0.5, alpha=0.3, lam=step / 4, rho=rho)
         for index, expected_row in enumerate(expected):
-            ref.assert_close(result.token_advantages_N_T[index][mask[index]], expected_row)
-        assert np.all(result.token_advantages_N_T[~mask] == 0.0)
-        np.testing.assert_allclose(result.uncertainty_N_T[mask], np.concatenate([np.array(s, dtype=np.float64)
-                                   for s in signal]), rtol=1e-6, atol=1e-7)
+            ref.assert_close(result.token_advantages_N_T[index][sampled[index]], expected_row)
+        assert np.all(result.token_advantages_N_T[~sampled] == 0.0)
+        assert np.all(result.uncertainty_N_T[~sampled] == 0.0)
 
 
 def test_metrics_by_hand():
@@ -139,15 +145,28 @@ def test_needs_planning_and_entropies_follow_the_stages():
     assert build_credit_pipeline(make_config(uncertainty_kind="shannon_entropy")).needs_entropies
 
 
-def test_describe_names_every_stage_and_its_origin():
+def test_describe_names_every_stage_its_origin_and_description():
     description = build_credit_pipeline(make_config(transform_mode="capped_gtpo.capped_gtpo",
                                                     transform_params={"max_weight": 1.5}), REPO).describe()
-    assert description["advantage"] == {"name": "maxrl", "origin": "built-in", "params": {}}
-    assert description["uncertainty"] == {"name": "surprisal", "origin": "built-in"}
+    assert description["advantage"] == {"name": "maxrl", "origin": "built-in", "params": {},
+                                        "description": "MaxRL: A = (r - mean) / (mean + 1e-6) per group, 0 when mean <= 1e-6."}
+    assert description["uncertainty"] == {"name": "surprisal", "origin": "built-in",
+                                          "description": "min(-logprob, 50) of the sampled token."}
     transform = description["transform"]
     assert transform["origin"] == f"plugin capped_gtpo.capped_gtpo from {REPO / 'plugins' / 'capped_gtpo.py'}"
     assert transform["params"] == {"beta": 0.1, "max_weight": 1.5}
+    assert transform["description"] == "GTPO token advantages with every weight capped at max_weight."
+    assert "sepa" not in description  # a registered plugin that does not declare needs_sepa
     json.dumps(description)
+
+
+def test_builtin_stages_get_their_settings_from_their_sections():
+    description = build_credit_pipeline(make_config(transform_mode="gtpo_sepa_hicra", beta=0.7, alpha=0.4)).describe()
+    stages = {stage["stage"]: stage["params"] for stage in description["transform"]["stages"]}
+    assert list(stages) == ["sepa", "gtpo", "hicra"]
+    assert stages["gtpo"] == {"beta": 0.7} and stages["hicra"] == {"alpha": 0.4}
+    assert stages["sepa"] == dataclasses.asdict(OPEN_SEPA)
+    assert description["sepa"] == dataclasses.asdict(OPEN_SEPA)
 
 
 def test_probe_runs_a_synthetic_batch_and_leaves_the_sepa_state_alone():
@@ -321,7 +340,7 @@ def bad_plugins(tmp_path: Path) -> list[str]:
 def test_wrong_sequence_length_strict_raises_naming_the_sequence(bad_plugins):
     config = make_config(bad_plugins, transform_mode="bad_plugins.short_rows")
     with pytest.raises(PluginOutputError, match=r"transform 'bad_plugins.short_rows' .* returned 1 values for sequence 0, "
-                                                "which has 2 tokens"):
+                                                "which has 2 sampled tokens"):
         build_credit_pipeline(config)(*bad_batch(), None, 0)
 
 

@@ -13,10 +13,9 @@ from retrain.commands.init_plugin import class_name
 from retrain.config.loader import load_config
 from retrain.config.schema import PluginsConfig
 from retrain.credit import build_credit_pipeline
-from retrain.planning import build_planning_detector
 from retrain.registry import PluginSignatureError, resolve
-from retrain.rewards.custom import CustomReward
-from retrain.types import Example
+from retrain.plan import reward_factory
+from retrain.types import Example, SamplingParams
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,6 +30,25 @@ def test_plugins_lists_builtins_and_the_example_plugins(capsys, monkeypatch):
     assert "advantage   rank_advantage.rank_advantages" in out
     assert "params.scale: float = 1.0" in out
     assert f"plugins: {REPO / 'plugins'}" in out
+
+
+def test_builtin_credit_stages_are_described_by_their_docstrings(capsys):
+    import inspect
+
+    from retrain.registry import BUILTIN_DESCRIPTIONS
+
+    assert not {"advantage", "transform", "uncertainty", "algorithm"} & set(BUILTIN_DESCRIPTIONS)
+    assert cli_main(["plugins", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)["builtins"]
+    for kind in ("advantage", "transform", "uncertainty"):
+        for entry in listing[kind]:
+            obj = resolve(kind, entry["name"], PluginsConfig()).obj
+            assert entry["description"] == inspect.getdoc(obj).splitlines()[0], (kind, entry["name"])
+    transforms = {entry["name"]: entry for entry in listing["transform"]}
+    assert transforms["gtpo_sepa_hicra"]["reads"] == "[sepa], [gtpo] beta, [hicra] alpha"
+    recipes = {entry["name"]: entry for entry in listing["algorithm"]}
+    assert recipes["maxrl_gtpo"] == {"name": "maxrl_gtpo", "description": "recipe: advantage maxrl, then transform gtpo",
+                                     "reads": "[gtpo] beta"}
 
 
 def test_plugins_json_with_a_config(tmp_path, capsys):
@@ -86,20 +104,22 @@ def exercise_from_config(kind: str, config_path: Path) -> None:
         assert np.all(np.isfinite(result.token_advantages_N_T))
     elif kind == "reward":
         example = Example("e", ({"role": "user", "content": "q"},), "4")
-        assert CustomReward(config, base_dir=base).score(["it is 4", "5"], [example, example]).tolist() == [1.0, 0.0]
+        reward = reward_factory(resolve("reward", config.reward.plugin_name, config.plugins, base))(config)
+        assert reward.score(["it is 4", "5"], [example, example]).tolist() == [1.0, 0.0]
     elif kind == "data":
         assert resolve("data", config.data.source, config.plugins, base).obj(config).examples()
     elif kind == "planning":
-        marked = build_planning_detector(config, base).detect(["Why? ok"], [[(0, 4), (5, 7)]])
+        detector = resolve("planning", config.planning.detector, config.plugins, base).obj(config)
+        marked = detector.detect(["Why? ok"], [[(0, 4), (5, 7)]])
         assert marked.tolist() == [[True, False]]
     elif kind == "engine":
         engine = resolve("engine", config.inference.engine, config.plugins, base).obj(config)
-        assert len(engine.generate([[1]], 2, 4, 1.0, 1.0).texts) == 2
+        assert len(engine.generate([[1]], SamplingParams(n=2, max_tokens=4)).texts) == 2
     elif kind == "backend":
         backend = resolve("backend", config.backend.backend, config.plugins, base).obj(config)
         prompt = backend.encode_prompt(({"role": "user", "content": "12"},))
         assert prompt == [1, 2]
-        assert len(backend.engine().generate([prompt], 3, 4, 1.0, 1.0).texts) == 3
+        assert backend.publish("remote", config_path.parent / "published").version == 0
 
 
 def test_init_plugin_for_every_kind_generates_passing_tests_and_loads_from_a_config(tmp_path, capsys):
@@ -151,7 +171,7 @@ adapter_path = "{log_dir}/adapter"
 lora_rank = 8
 
 [inference]
-engine = "pytorch"
+engine = "scaffold_engine.ScaffoldEngine"
 
 [training]
 max_steps = 2
@@ -170,11 +190,12 @@ search_paths = ["my_plugins"]
 """
 
 
-def test_a_scaffolded_backend_trains_through_the_cli(tmp_path):
-    # `[inference] engine = "pytorch"` is the backend's own in-process engine; the run
+def test_a_scaffolded_backend_and_engine_train_through_the_cli(tmp_path):
+    # The backend publishes remote references that the engine scaffold loads; the run
     # encodes every prompt with the backend's encode_prompt.
-    assert cli_main(["init-plugin", "--kind", "backend", "--name", "scaffold_backend",
-                     "--output-dir", str(tmp_path / "my_plugins")]) == 0
+    for kind in ("backend", "engine"):
+        assert cli_main(["init-plugin", "--kind", kind, "--name", f"scaffold_{kind}",
+                         "--output-dir", str(tmp_path / "my_plugins")]) == 0
     (tmp_path / "c.toml").write_text(BACKEND_RUN_CONFIG)
     run = subprocess.run([sys.executable, "-m", "retrain", "c.toml"], check=False, cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -9,7 +9,7 @@ from typing import Literal
 import pytest
 
 from retrain.advantages import grpo_advantages
-from retrain.config.schema import PluginsConfig, setting
+from retrain.config.schema import Config, GTPOConfig, HICRAConfig, PluginsConfig, setting
 from retrain.errors import ConfigError
 from retrain.registry import (
     PluginAttributeError,
@@ -22,6 +22,7 @@ from retrain.registry import (
     resolve,
 )
 from retrain.transforms import GTPOSEPATransform
+from retrain.transforms.gtpo import gtpo
 
 
 def write(directory: Path, name: str, source: str) -> Path:
@@ -182,7 +183,8 @@ def declared(params_type: type) -> object:
     def plugin(rewards_P_G, params):
         return rewards_P_G
 
-    return types.SimpleNamespace(builtin=False, spec=plugin.__retrain_plugin__, name="mod.plugin", kind="advantage")
+    return types.SimpleNamespace(builtin=False, spec=plugin.__retrain_plugin__, name="mod.plugin", kind="advantage",
+                                 obj=plugin)
 
 
 def test_declared_params_are_built_with_ints_accepted_for_floats():
@@ -212,16 +214,45 @@ def test_required_params_must_be_given():
 
 
 def test_undeclared_params_pass_through_read_only():
-    plugin = types.SimpleNamespace(builtin=False, spec=None, name="m.f", kind="advantage")
+    plugin = types.SimpleNamespace(builtin=False, spec=None, name="m.f", kind="advantage", obj=lambda r, p: r)
     params = check_params(plugin, {"anything": [1, 2]}, "algorithm.advantage_params")
     assert params["anything"] == [1, 2]
     with pytest.raises(TypeError):
         params["anything"] = 3  # type: ignore[index]
 
 
-def test_builtins_take_no_params_table():
-    with pytest.raises(ConfigError, match="built-in transform 'gtpo' takes no parameters table"):
-        check_params(resolve("transform", "gtpo", PluginsConfig()), {"beta": 0.2}, "algorithm.transform_params")
+def test_builtins_read_their_own_section_and_take_no_params_table():
+    with pytest.raises(ConfigError, match=r"\[algorithm.transform_params\].beta: the transform 'gtpo' reads its "
+                                          r"parameters from \[gtpo\] — set them in \[gtpo\]"):
+        check_params(resolve("transform", "gtpo", PluginsConfig()), {"beta": 0.2}, "algorithm.transform_params", Config())
+    with pytest.raises(ConfigError, match="built-in advantage 'grpo' takes no parameters table"):
+        check_params(resolve("advantage", "grpo", PluginsConfig()), {"scale": 2}, "algorithm.advantage_params")
+
+
+def test_a_builtin_stage_is_built_like_a_plugin_from_its_declared_dataclass():
+    # The built-in GTPO is registered with params=GTPOConfig, params_section="gtpo": its
+    # parameters go through the same checks as a plugin's table.
+    assert gtpo.__retrain_plugin__.params is GTPOConfig
+    resolved = resolve("transform", "gtpo", PluginsConfig())
+    config = dataclasses.replace(Config(), gtpo=GTPOConfig(beta=3))
+    params = check_params(resolved, {}, "algorithm.transform_params", config)
+    assert params == GTPOConfig(beta=3.0) and isinstance(params.beta, float)
+    with pytest.raises(ConfigError, match=r"\[gtpo\].beta: 2000.0 is out of range — use a value <= 1000"):
+        check_params(resolved, {}, "algorithm.transform_params", dataclasses.replace(Config(), gtpo=GTPOConfig(2000.0)))
+
+
+def test_a_plugin_can_read_a_builtin_section_too(tmp_path):
+    write(tmp_path, "reads_hicra.py", """
+        from retrain.config.schema import HICRAConfig
+        from retrain.plugin_api import register
+
+        @register("transform", params=HICRAConfig, params_section="hicra", needs_planning=True)
+        def doubled_hicra(ctx, params):
+            return ctx.token_advantages_N_T * (1 + 2 * params.alpha * ctx.planning_N_T)
+    """)
+    resolved = resolve("transform", "reads_hicra.doubled_hicra", plugins_at(tmp_path))
+    config = dataclasses.replace(Config(), hicra=HICRAConfig(alpha=0.25))
+    assert check_params(resolved, {}, "algorithm.transform_params", config) == HICRAConfig(alpha=0.25)
 
 
 def test_register_rejects_an_unknown_kind_and_a_non_dataclass():
@@ -229,6 +260,8 @@ def test_register_rejects_an_unknown_kind_and_a_non_dataclass():
         register("advantages")
     with pytest.raises(TypeError, match="dataclass"):
         register("advantage", params=dict)
+    with pytest.raises(TypeError, match="params_section='gtpo' needs params="):
+        register("transform", params_section="gtpo")
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrain.config.schema import SEPAConfig
+from retrain.config.schema import AlgorithmConfig, Config, PluginsConfig, SEPAConfig
+from retrain.credit import build_credit_pipeline, synthetic_batch
 from retrain.errors import RetrainError
 from retrain.transforms import SEPAController
 
@@ -90,3 +93,83 @@ def test_a_resumed_controller_continues_identically(observations, data):
 def test_loading_a_foreign_state_is_a_clear_error():
     with pytest.raises(RetrainError, match="SEPA state"):
         SEPAController(SEPAConfig()).load_state_dict({"gate_open": True})
+
+
+# ---------------------------------------------------------------------------------------
+# The pipeline runs the schedule only for a stage that uses it
+
+
+def pipeline_for(transform: str, search_paths: tuple[str, ...] = ()):
+    config = dataclasses.replace(
+        Config(), algorithm=AlgorithmConfig(transform_mode=transform),
+        sepa=SEPAConfig(schedule="auto", steps=4, delay_steps=0, correct_rate_gate=0.0, warmup_steps=1),
+        plugins=PluginsConfig(search_paths=list(search_paths)),
+    )
+    return build_credit_pipeline(config)
+
+
+def steps(pipeline, count: int = 4):
+    rewards = np.array([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    for step in range(count):
+        batch = synthetic_batch(num_prompts=2, group_size=4, max_tokens=10, seed=step, with_environment_turns=True)
+        planning = batch.loss_mask_N_T & (np.arange(10)[None, :] % 3 == 0)
+        yield pipeline(rewards, batch, planning, step)
+
+
+@pytest.mark.parametrize("transform", ["none", "gtpo", "gtpo_hicra", "hicra"])
+def test_without_a_sepa_stage_no_schedule_runs_and_the_state_still_round_trips(transform):
+    pipeline = pipeline_for(transform)
+    assert pipeline.state_dict() == {"sepa": None} and "sepa" not in pipeline.describe()
+    first = [result.token_advantages_N_T for result in steps(pipeline)]
+    for result in steps(pipeline):
+        assert "sepa_lambda" not in result.metrics and "sepa_gate_open" not in result.metrics
+    assert pipeline.state_dict() == {"sepa": None}  # nothing advanced
+    resumed = pipeline_for(transform)
+    resumed.load_state_dict(json.loads(json.dumps(pipeline.state_dict())))
+    for expected, result in zip(first, steps(resumed)):
+        np.testing.assert_array_equal(result.token_advantages_N_T, expected)
+
+
+def test_with_a_sepa_stage_the_schedule_advances_and_resumes_exactly():
+    pipeline = pipeline_for("gtpo_sepa")
+    lambdas = [result.metrics["sepa_lambda"] for result in steps(pipeline, 2)]
+    # gate open at once; the linear ramp gives 0, 0.25 (auto adds nothing while the
+    # variance holds at its reference)
+    assert lambdas[0] == 0.0 and lambdas[1] >= 0.25
+    state = json.loads(json.dumps(pipeline.state_dict()))
+    assert state["sepa"]["observed_steps"] == 2 and state["sepa"]["gate_open"] is True
+    resumed = pipeline_for("gtpo_sepa")
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == pipeline.state_dict()
+
+
+def test_resuming_into_a_pipeline_that_disagrees_about_sepa_is_a_clear_error():
+    with pytest.raises(RetrainError, match="holds a SEPA schedule, but this pipeline has no SEPA stage"):
+        pipeline_for("gtpo").load_state_dict(pipeline_for("gtpo_sepa").state_dict())
+    with pytest.raises(RetrainError, match="has no SEPA schedule, but this pipeline has a SEPA stage"):
+        pipeline_for("gtpo_sepa").load_state_dict({"sepa": None})
+
+
+SEPA_PLUGINS = '''
+from retrain.plugin_api import register
+
+@register("transform", needs_sepa=True)
+def asks(ctx, params):
+    return ctx.token_advantages_N_T * (1.0 + ctx.sepa_lambda)
+
+@register("transform")
+def does_not_ask(ctx, params):
+    return ctx.token_advantages_N_T
+
+def unregistered(ctx, params):
+    return ctx.token_advantages_N_T
+'''
+
+
+def test_a_plugin_gets_the_schedule_when_it_asks_or_declares_nothing(tmp_path):
+    (tmp_path / "sepa_plugins.py").write_text(SEPA_PLUGINS)
+    for name, runs in [("asks", True), ("does_not_ask", False), ("unregistered", True)]:
+        pipeline = pipeline_for(f"sepa_plugins.{name}", (str(tmp_path),))
+        (result,) = steps(pipeline, 1)
+        assert ("sepa_lambda" in result.metrics) is runs, name
+        assert (pipeline.state_dict()["sepa"] is not None) is runs, name

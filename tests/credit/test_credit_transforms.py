@@ -150,7 +150,7 @@ def arrays(values, planning):
 
 
 @settings(max_examples=150, deadline=None)
-@given(ragged(), st.floats(0.0, 3.0))
+@given(ragged(), st.floats(0.0, 1000.0))
 def test_gtpo_keeps_the_sign_matches_the_reference_and_is_finite(case, beta):
     group_size, values, planning, advantages = case
     u, mask, _ = arrays(values, planning)
@@ -162,7 +162,7 @@ def test_gtpo_keeps_the_sign_matches_the_reference_and_is_finite(case, beta):
 
 
 @settings(max_examples=150, deadline=None)
-@given(ragged(), st.floats(0.0, 3.0))
+@given(ragged(), st.floats(0.0, 1000.0))
 def test_gtpo_mean_weight_is_one_when_nothing_is_floored(case, beta):
     group_size, values, planning, advantages = case
     u, mask, _ = arrays(values, planning)
@@ -173,11 +173,14 @@ def test_gtpo_mean_weight_is_one_when_nothing_is_floored(case, beta):
         mean = np.mean(np.array(v, dtype=np.float64))
         raw = 1.0 + beta * (np.array(v) / (mean + 1e-8) - 1.0)
         assume(np.all(raw > 0.0))
-        assert abs(weights[row, : len(v)].mean() - 1.0) < 1e-4
+        # mean(w) = 1 + beta (ubar / (ubar + 1e-8) - 1), just below 1; each float32 weight
+        # is rounded once, by at most 2^-24 of the largest
+        expected = 1.0 + beta * (mean / (mean + 1e-8) - 1.0)
+        assert abs(weights[row, : len(v)].astype(np.float64).mean() - expected) < 2.0**-23 * max(1.0, float(raw.max()))
 
 
 @settings(max_examples=150, deadline=None)
-@given(ragged(), st.floats(0.0, 0.999))
+@given(ragged(), st.floats(0.0, 1.0, exclude_max=True))
 def test_hicra_keeps_signs_and_touches_only_planning_tokens(case, alpha):
     # a + alpha |a| is a (1 + alpha) for a > 0 and a (1 - alpha) for a < 0: the sign is
     # kept for every alpha < 1, and planning tokens only ever move up.

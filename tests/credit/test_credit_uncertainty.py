@@ -15,6 +15,11 @@ def test_surprisal_by_hand_with_the_cap():
     np.testing.assert_array_equal(surprisal(batch), expected)
 
 
+def test_surprisal_reads_a_logprob_above_zero_as_zero():
+    # a server's rounding can return +1e-7 for a certain token: no probability exceeds 1
+    assert surprisal(ragged_batch([[1e-7, -1.0]], group_size=1)).tolist() == [[0.0, 1.0]]
+
+
 def test_surprisal_zeroes_padding_even_when_it_holds_nan():
     batch = ragged_batch([[-1.0], []], group_size=1, width=3)
     assert np.all(np.isfinite(surprisal(batch)))

@@ -57,6 +57,18 @@ def test_the_custom_reward_module_is_found_next_to_the_config(tmp_path: Path) ->
     assert wrong.returncode == 2 and "has no attribute 'nope'" in wrong.stderr, wrong.stderr
 
 
+def test_components_report_their_own_settings_without_effect(tmp_path: Path) -> None:
+    from retrain.config.loader import resolve_config
+    from retrain.plan import plan_run
+
+    config = tmp_path / "c.toml"
+    config.write_text('[backend]\ndevices = "gpu:0"\n[backend.options]\ncpu_threads = 2\n[data]\nsource = "arithmetic"\n')
+    resolved = resolve_config(config, environ={})
+    assert resolved.warnings == []
+    plan_run(resolved)
+    assert [(w.section, w.key, w.where) for w in resolved.warnings] == [("backend.options", "cpu_threads", f"{config}:4")]
+
+
 RUNNABLE = sorted([REPO / "retrain.toml", *REPO.glob("configs/*.toml"),
                    *(p for p in REPO.glob("retrain/templates/*.toml") if p.stem != "campaign")])
 

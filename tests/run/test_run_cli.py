@@ -32,7 +32,7 @@ REQUIRED_FIELDS = (
     "groups_total", "groups_informative", "groups_dropped", "completion_tokens", "completion_len_mean",
     "completion_len_max", "truncated_rate", "advantage_mean", "advantage_std", "token_advantage_mean",
     "token_advantage_std", "uncertainty_mean", "loss", "skipped", "skipped_updates", "grad_norm", "ratio_mean",
-    "trained_tokens", "policy_version", "policy_staleness", "sepa_lambda", "collect_time_s", "sample_time_s",
+    "trained_tokens", "policy_version", "policy_staleness", "sampled_tokens", "collect_time_s", "sample_time_s",
     "credit_time_s", "train_time_s", "step_time_s", "overhead_frac", "tokens_per_s", "peak_rss_mb",
 )
 
@@ -208,7 +208,7 @@ def initial_lora_a(tiny_model_path: Path) -> dict[str, object]:
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    from retrain.backends.local import LORA_TARGETS
+    from retrain.backends.local_trainer import LORA_TARGETS
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     with torch.random.fork_rng(devices=[]):

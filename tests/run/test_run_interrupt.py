@@ -58,7 +58,7 @@ def test_a_stop_signal_checkpoints_the_current_step_and_exits(tmp_path: Path, re
     assert [row["step"] for row in rows] == list(range(1, stopped + 1))
     state = json.loads((log_dir / "trainer_state.json").read_text())
     assert state["step"] == stopped
-    assert (log_dir / state["checkpoint"] / "local_backend_state.pt").is_file()
+    assert (log_dir / state["checkpoint"] / "backend" / "local_backend_state.pt").is_file()
     assert (log_dir / "adapter" / f"checkpoint_step_{stopped}" / "model.safetensors").is_file()
     assert not (log_dir / "adapter" / "final").exists()
 

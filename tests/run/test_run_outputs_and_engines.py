@@ -107,10 +107,10 @@ def test_an_output_folder_that_cannot_be_created_is_a_clean_error(tmp_path: Path
 
 @pytest.mark.parametrize(("state", "phrase"), [
     ("[1, 2]", "not written by this version"),
-    ('{"version": 1, "step": 2}', "damaged (seed, checkpoint, data, credit, rng missing"),
-    ('{"version": 1, "step": "2", "seed": 0, "checkpoint": "c", "data": {}, "credit": {}, "rng": {}}',
+    ('{"version": 2, "step": 2}', "damaged (seed, checkpoint, data, credit, rng, policy_version missing"),
+    ('{"version": 2, "step": "2", "seed": 0, "checkpoint": "c", "data": {}, "credit": {}, "rng": {}, "policy_version": 0}',
      "damaged (step missing"),
-    ('{"version": 1, "step": -5, "seed": 0, "checkpoint": "c", "data": {}, "credit": {}, "rng": {}}',
+    ('{"version": 2, "step": -5, "seed": 0, "checkpoint": "c", "data": {}, "credit": {}, "rng": {}, "policy_version": 0}',
      "damaged (step missing"),
     (None, "is damaged (KeyError: "),  # the real state with its nested tables emptied
 ])

@@ -190,3 +190,12 @@ def test_a_backend_and_an_engine_with_no_publication_in_common_are_refused_at_pl
         plan_run(resolve_config(path, environ={}))
     message = str(caught.value)
     assert "engine 'pytorch' loads in_process but backend 'spine_fakes.FakeBackend' publishes remote" in message
+
+
+def test_split_mode_publishes_only_to_the_in_process_engine(tmp_path):
+    path = fake_config(tmp_path)
+    path.write_text(path.read_text().replace('backend = "spine_fakes.FakeBackend"',
+                                             'backend = "local"\ndevices = "cpu,cpu"'))
+    with pytest.raises(ConfigError, match="engine 'spine_fakes.FakeEngine' loads remote but backend 'local' "
+                                          "publishes in_process"):
+        plan_run(resolve_config(path, environ={}))
