@@ -25,7 +25,6 @@ dataclass of parameters with ``register`` (re-exported by ``retrain.plugin_api``
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import importlib.util
 import inspect
@@ -33,15 +32,14 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
 
 from retrain import registry_names
-from retrain.config.schema import Config, PluginsConfig
-from retrain.config.values import fits_type
-from retrain.errors import ConfigError, ConfigIssue, PluginError
+from retrain.config.schema import PluginsConfig
+from retrain.errors import PluginError
 
 KINDS: tuple[str, ...] = tuple(registry_names.BUILTINS)
 BUILTIN_ORIGIN = "built-in"
@@ -351,8 +349,10 @@ def resolve(kind: str, name: str, plugins: PluginsConfig, base_dir: Path | None 
 
 
 def _suggest(word: str, candidates: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f" — did you mean '{close[0]}'?" if close else ""
+    from retrain.config.values import did_you_mean
+
+    hint = did_you_mean(word, candidates, "")
+    return f" — {hint}" if hint else ""
 
 
 def _load_builtin(kind: str, name: str, target: str) -> object:
@@ -477,199 +477,3 @@ def import_from_directory(module_name: str, directory: Path, what: str) -> types
     if module_name == top:
         return sys.modules[top]
     return _import_or_none(module_name, what)
-
-
-# ---------------------------------------------------------------------------------------
-# Parameters
-
-
-def check_params(
-    resolved: ResolvedPlugin, params: Mapping[str, object], section: str, config: Config | None = None
-) -> object:
-    """The value a stage receives as its ``params``, built the same way for a built-in and
-    a plugin.
-
-    ``params`` is the stage's table, read from ``[section]``. A stage registered with
-    ``params_section`` (the built-in GTPO, HICRA and SEPA stages) takes its values from
-    that section of ``config`` instead, and the table must then be empty. A stage
-    registered with a ``params`` dataclass gets an instance of it, built after checking
-    every key, type and bound (all problems reported together as a ``ConfigError``); an
-    undeclared plugin gets the table as a read-only mapping, and an undeclared built-in
-    accepts no table at all.
-    """
-    spec = resolved.spec if resolved.spec is not None else plugin_spec(resolved.obj)
-    if spec is not None and spec.params_section:
-        if params:
-            raise ConfigError(ConfigIssue(
-                "", section, next(iter(params)),
-                f"the {resolved.kind} '{resolved.name}' reads its parameters from [{spec.params_section}]",
-                f"set them in [{spec.params_section}] and remove [{section}]",
-            ))
-        if config is None:
-            raise TypeError(f"check_params needs the config to read [{spec.params_section}] for '{resolved.name}'")
-        params, section = dataclasses.asdict(getattr(config, spec.params_section)), spec.params_section
-    if spec is None or spec.params is None:
-        if resolved.builtin and params:
-            raise ConfigError(ConfigIssue(
-                "", section, next(iter(params)),
-                f"the built-in {resolved.kind} '{resolved.name}' takes no parameters table",
-                "remove the table; built-ins read their own sections (e.g. [gtpo] beta, [hicra] alpha)",
-            ))
-        return types.MappingProxyType(dict(params))
-    return build_params(spec.params, params, section, resolved.name)
-
-
-def build_params(declared: type, params: Mapping[str, object], section: str, plugin_name: str) -> object:
-    """Check ``params`` against the dataclass ``declared`` and build it."""
-    fields = {f.name: f for f in dataclasses.fields(declared) if f.init}
-    hints = typing.get_type_hints(declared)
-    issues = []
-    for key, value in params.items():
-        if key not in fields:
-            hint = _suggest(key, fields)
-            known = ", ".join(fields) or "none"
-            issues.append(ConfigIssue("", section, key, f"'{plugin_name}' has no parameter '{key}'",
-                                      hint.removeprefix(" — ") if hint else f"its parameters are: {known}"))
-            continue
-        problem = type_problem(hints[key], value)
-        if problem is None:
-            problem = bounds_problem(fields[key], value)
-        if problem is not None:
-            issues.append(ConfigIssue("", section, key, problem[0], problem[1]))
-    for key, f in fields.items():
-        if key not in params and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            issues.append(ConfigIssue("", section, key, f"'{plugin_name}' requires this parameter",
-                                      f"set {key} in [{section}]"))
-    if issues:
-        raise ConfigError(issues)
-    values = {key: (float(value) if hints[key] is float and isinstance(value, int) else value)
-              for key, value in params.items()}
-    try:
-        return declared(**values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(ConfigIssue("", section, "", f"'{plugin_name}' rejected its parameters: {exc}",
-                                      "fix the values in the table")) from exc
-
-
-def _type_name(declared: object) -> str:
-    if isinstance(declared, type):
-        return declared.__name__
-    return str(declared).replace("typing.", "")
-
-
-def type_problem(declared: object, value: object) -> tuple[str, str] | None:
-    """(problem, fix) when ``value`` (as read from TOML) does not fit ``declared``."""
-    if _fits(declared, value):
-        return None
-    if typing.get_origin(declared) is typing.Literal:
-        listed = ", ".join(repr(choice) for choice in typing.get_args(declared))
-        return (f"{value!r} is not a valid choice"[:160], f"choose one of {listed}")
-    return (f"expected {_type_name(declared)}, got {type(value).__name__} {value!r}"[:160],
-            f"write a value of type {_type_name(declared)}")
-
-
-def _fits(declared: object, value: object) -> bool:
-    try:
-        return fits_type(declared, value)
-    except TypeError as exc:
-        raise PluginSignatureError(
-            f"{exc} in a plugin params dataclass; use bool, int, float, str, Literal[...], list[...], "
-            "tuple[...], dict[str, ...] or X | None"
-        ) from exc
-
-
-def bounds_problem(declared_field: dataclasses.Field, value: object) -> tuple[str, str] | None:  # type: ignore[type-arg]
-    """Bounds declared with ``retrain.plugin_api.setting(..., ge=, gt=, le=, lt=, choices=)``."""
-    meta = declared_field.metadata
-    if meta.get("choices") and value not in meta["choices"]:
-        listed = ", ".join(repr(choice) for choice in meta["choices"])
-        return (f"{value!r} is not a valid choice", f"choose one of {listed}")
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None
-    checks = (("ge", lambda bound: value >= bound, ">="), ("gt", lambda bound: value > bound, ">"),
-              ("le", lambda bound: value <= bound, "<="), ("lt", lambda bound: value < bound, "<"))
-    for key, holds, symbol in checks:
-        bound = meta.get(key)
-        if bound is not None and not holds(bound):
-            return (f"{value} is out of range", f"use a value {symbol} {bound:g}")
-    return None
-
-
-def describe_params(declared: type | None) -> list[dict[str, object]]:
-    """The declared parameters of a plugin: name, type, default and help."""
-    if declared is None:
-        return []
-    hints = typing.get_type_hints(declared)
-    described = []
-    for f in dataclasses.fields(declared):
-        if f.default is not dataclasses.MISSING:
-            default: object = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = "(required)"
-        described.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default,
-                          "help": f.metadata.get("help", "")})
-    return described
-
-
-# ---------------------------------------------------------------------------------------
-# Discovery (for `retrain plugins`)
-
-
-@dataclass(frozen=True)
-class DiscoveredPlugin:
-    name: str
-    kind: str
-    description: str
-    params: list[dict[str, object]]
-
-
-@dataclass(frozen=True)
-class DiscoveredModule:
-    module: str
-    file: str
-    status: str  # "ok" or "error"
-    error: str
-    plugins: list[DiscoveredPlugin]
-
-
-def discover(plugins: PluginsConfig, base_dir: Path | None = None) -> list[DiscoveredModule]:
-    """Import every module found in the search-path directories and list its plugins.
-
-    Registered objects (see ``register``) are listed with their kind; a module that
-    fails to import is listed with the error instead.
-    """
-    found = []
-    for location in search_locations(plugins, base_dir):
-        if location.directory is None:
-            continue
-        for path in sorted(location.directory.iterdir()):
-            if path.name.startswith(("_", ".")) or path.name.startswith("test_"):
-                continue
-            if path.suffix == ".py":
-                module_name = path.stem
-            elif path.is_dir() and (path / "__init__.py").is_file():
-                module_name = path.name
-            else:
-                continue
-            if not module_name.isidentifier():
-                continue
-            found.append(_discover_module(module_name, path, location.directory))
-    return found
-
-
-def _discover_module(module_name: str, path: Path, directory: Path) -> DiscoveredModule:
-    try:
-        module = import_from_directory(module_name, directory, f"plugin module '{module_name}'")
-    except PluginError as exc:
-        return DiscoveredModule(module_name, str(path), "error", str(exc), [])
-    assert module is not None
-    listed = []
-    for attribute, obj in sorted(vars(module).items()):
-        spec = plugin_spec(obj)
-        if spec is None or getattr(obj, "__module__", module_name) != module_name:
-            continue
-        listed.append(DiscoveredPlugin(f"{module_name}.{attribute}", spec.kind, spec.description,
-                                       describe_params(spec.params)))
-    return DiscoveredModule(module_name, str(path), "ok", "", listed)

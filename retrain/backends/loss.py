@@ -1,13 +1,14 @@
 """The token-level policy-gradient loss of the local backend.
 
-For completion ``i`` and token ``t`` with advantage ``A_it`` and real-token mask
-``m_it``, the importance ratio between the policy being trained and the sampler is
+For trajectory ``i`` and token ``t`` with advantage ``A_it`` and loss mask ``m_it`` (1 on
+the tokens the policy sampled, 0 on environment turns and padding), the importance ratio
+between the policy being trained and the sampler is
 
     rho_it = exp(log pi_theta(y_it) - log mu(y_it)),
 
 both log-probabilities taken under the same temperature ``tau`` (``softmax(z / tau)``
 over the full vocabulary), so ``rho = 1`` exactly while the weights have not moved since
-sampling. The loss is the mean over all ``M = sum m_it`` trained tokens of the batch:
+sampling. The loss is the mean over all ``M = sum m_it`` sampled tokens of the batch:
 
     L = -(1/M) sum_it m_it rho_it A_it                                   (no clipping)
     L = -(1/M) sum_it m_it min(rho_it A_it, clip(rho_it, 1-eps, 1+eps_high) A_it)
@@ -112,23 +113,37 @@ def sequence_logprobs(
     caching: a group of G completions costs one prompt instead of G. Otherwise every row
     runs ``[prompt | completion]`` in full.
     """
+    if not share_prompts:
+        return _full_sequence_logprobs(model, prompt_ids, prompt_mask, prompt_index, tokens, mask, temperature)
+    return _shared_prompt_logprobs(model, prompt_ids, prompt_mask, prompt_index, tokens, mask, temperature)
+
+
+def _full_sequence_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                            prompt_index: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                            temperature: float) -> torch.Tensor:
+    """Every row runs ``[prompt | completion]`` in full."""
+    width = tokens.shape[1]
+    input_ids = torch.cat([prompt_ids[prompt_index], tokens], dim=1)
+    attention_mask = position_ids = None
+    if not bool(prompt_mask.all()):
+        attention_mask = torch.cat([prompt_mask[prompt_index], mask.to(prompt_mask.dtype)], dim=1)
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        logits_to_keep=width + 1,
+    ).logits[:, :width]
+    return token_logprobs(logits, tokens, temperature)
+
+
+def _shared_prompt_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                            prompt_index: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                            temperature: float) -> torch.Tensor:
+    """Each distinct prompt runs once; its cache is gathered for the rows that continue it."""
     width = tokens.shape[1]
     left_padded = not bool(prompt_mask.all())
-    if not share_prompts:
-        input_ids = torch.cat([prompt_ids[prompt_index], tokens], dim=1)
-        attention_mask = position_ids = None
-        if left_padded:
-            attention_mask = torch.cat([prompt_mask[prompt_index], mask.to(prompt_mask.dtype)], dim=1)
-            position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            logits_to_keep=width + 1,
-        ).logits[:, :width]
-        return token_logprobs(logits, tokens, temperature)
-
     used, row_of_prompt = torch.unique(prompt_index, return_inverse=True)
     used_mask = prompt_mask[used]
     prefill = model(

@@ -18,10 +18,9 @@ from retrain import registry_names
 from retrain.config.loader import resolve_config
 from retrain.config.schema import Config, PluginsConfig
 from retrain.errors import UsageError
+from retrain.plugin_discovery import DiscoveredModule, discover
 from retrain.registry import (
     BUILTIN_DESCRIPTIONS,
-    DiscoveredModule,
-    discover,
     resolve,
     search_locations,
 )

@@ -31,7 +31,7 @@ from retrain.config.schema import (
     FieldSpec,
     fields_of,
 )
-from retrain.config.toml_text import key_lines, line_of
+from retrain.config.toml_text import first_redefinition, key_lines, line_of
 from retrain.config.values import (
     check_value,
     did_you_mean,
@@ -103,6 +103,10 @@ def resolve_config(
     return ResolvedConfig(config=config, path=file_path, sources=builder.sources, warnings=builder.warnings)
 
 
+# How tomllib words a key or table defined twice.
+_REDEFINED = ("Cannot overwrite", "Cannot declare", "Cannot redefine", "Cannot mutate")
+
+
 def parse_toml_text(text: str, label: str) -> dict[str, object]:
     """Parse TOML, turning a syntax error into a one-line ``ConfigError`` with line and column."""
     try:
@@ -111,10 +115,11 @@ def parse_toml_text(text: str, label: str) -> dict[str, object]:
         # Python < 3.14 only puts the position in the message: "... (at line 2, column 5)".
         message = str(exc)
         position = re.search(r"\s*\(at line (\d+), column (\d+)\)", message)
+        redefined = first_redefinition(text) if message.startswith(_REDEFINED) else None
+        if redefined is not None:
+            raise ConfigError(ConfigIssue(f"{label}:{redefined.line}", *redefined.describe())) from exc
         if position:
             problem = message[: position.start()] + message[position.end() :]
-            if problem.startswith(("Cannot overwrite a value", "Cannot declare")):
-                problem = f"duplicate key or table ({problem})"
             where = f"{label}:{position.group(1)}:{position.group(2)}"
         else:
             problem = message.replace("(at end of document)", "at the end of the file")
@@ -309,7 +314,10 @@ class _Builder:
     # -- validation -----------------------------------------------------------------
 
     def build(self) -> Config:
+        """The config, or a ``ConfigError`` with every problem: values, then the cross-field
+        rules and unavailable features, judged on the valid values (others at their defaults)."""
         sections: dict[str, object] = {}
+        invalid: set[tuple[str, str]] = set()
         for section, cls in SECTIONS.items():
             kwargs: dict[str, object] = {}
             for spec in SECTION_FIELDS[section]:
@@ -317,17 +325,19 @@ class _Builder:
                     continue
                 value, where = self.values[section][spec.toml_key]
                 self.sources[(section, spec.toml_key)] = where
+                known = len(self.issues)
                 checked = self._check(spec, value, where, (section, spec.toml_key))
                 if checked is not _INVALID:
                     kwargs[spec.name] = checked
+                if len(self.issues) > known:
+                    invalid.add((section, spec.toml_key))
             sections[section] = cls(**kwargs)
         config = Config(**sections)  # type: ignore[arg-type]
-        if not self.issues:
-            self.issues.extend(rules.check(config, self.sources))
-        if not self.issues:
-            self.warnings.extend(rules.no_effect(config, self.sources))
+        self.issues.extend(rules.check(config, self.sources, frozenset(invalid)))
+        self.issues.extend(rules.not_in_this_version(config, self.sources, frozenset(invalid)))
         if self.issues:
             raise ConfigError(sorted(self.issues, key=_issue_order))
+        self.warnings.extend(rules.no_effect(config, self.sources))
         return config
 
     def _check(self, spec: FieldSpec, value: object, where: str, path: tuple[object, ...]) -> object:

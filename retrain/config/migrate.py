@@ -26,19 +26,16 @@ produces a wrong file.
 
 from __future__ import annotations
 
-import math
 import tomllib
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from retrain.config.loader import parse_toml_text
 from retrain.config.schema import LEGACY_BACKEND_KEYS, TomlValue
+from retrain.config.toml_inline import indent_of, inline_text, inline_with_entries, same_values, split_inline
 from retrain.config.toml_text import (
-    BASIC_RE,
     KEY_RE,
     Statement,
     UnsafeLayout,
-    end_of_multiline,
     key_parts,
     scan,
     split_lines,
@@ -279,7 +276,7 @@ class _Rewriter:
         following_blank = following is None or not self.lines[following].strip()
         out: list[str] = []
         if created:
-            indent = _indent(self.lines[header.first])
+            indent = indent_of(self.lines[header.first])
             if following_blank:
                 out.append(self.newline)
             out.append(f"{indent}{OPTIONS_HEADER}{self.newline}")
@@ -340,8 +337,8 @@ class _Rewriter:
             raise UnsafeLayout("the inline options table spans several lines")
         value = self.text[statement.value_span[0] : statement.value_span[1]]
         entries = [(item.new, self._inline_value(item)) for item in items]
-        self._replace_value(statement, _inline_with_entries(value, entries))
-        indent = _indent(self.lines[statement.first])
+        self._replace_value(statement, inline_with_entries(value, entries))
+        indent = indent_of(self.lines[statement.first])
         comments: list[str] = []
         for item in items:
             comments.extend(self.lines[i] for i in range(item.first, item.statement.first))
@@ -376,7 +373,7 @@ class _Rewriter:
             raise UnsafeLayout("the inline [backend] table spans several lines")
         self.legacy_lines = {old: statement.first + 1 for old in self.legacy_values}
         value = self.text[statement.value_span[0] : statement.value_span[1]]
-        entries = _split_inline(value)
+        entries = split_inline(value)
         kept_entries: list[str] = []
         moved: list[tuple[str, str]] = []
         options_entry: int | None = None
@@ -403,12 +400,12 @@ class _Rewriter:
             key_match = KEY_RE.match(kept_entries[options_entry])
             assert key_match is not None
             head = kept_entries[options_entry][: key_match.end()]
-            kept_entries[options_entry] = head + _inline_with_entries(kept_entries[options_entry][key_match.end() :].strip(), moved)
+            kept_entries[options_entry] = head + inline_with_entries(kept_entries[options_entry][key_match.end() :].strip(), moved)
         elif dotted_options:
             kept_entries.extend(f"options.{key} = {raw}" for key, raw in moved)
         elif moved:
-            kept_entries.append("options = " + _inline_text([f"{key} = {raw}" for key, raw in moved]))
-        self._replace_value(statement, _inline_text(kept_entries))
+            kept_entries.append("options = " + inline_text([f"{key} = {raw}" for key, raw in moved]))
+        self._replace_value(statement, inline_text(kept_entries))
         return self._render()
 
     def _render(self) -> str:
@@ -423,62 +420,6 @@ class _Rewriter:
             # Keep a file that ended without a newline that way.
             text = text.removesuffix("\n").removesuffix("\r")
         return text
-
-
-def _split_inline(value: str) -> list[str]:
-    """The top-level ``key = value`` entries of an inline table's text (braces included)."""
-    body = value.strip()
-    if not (body.startswith("{") and body.endswith("}")):
-        raise UnsafeLayout("an inline table was expected")
-    body = body[1:-1]
-    entries: list[str] = []
-    depth = 0
-    start = 0
-    i = 0
-    while i < len(body):
-        ch = body[i]
-        if body.startswith('"""', i) or body.startswith("'''", i):
-            i = end_of_multiline(body, i + 3, ch)
-            continue
-        if ch == '"':
-            match = BASIC_RE.match(body, i)
-            i = match.end() if match else len(body)
-            continue
-        if ch == "'":
-            close = body.find("'", i + 1)
-            i = close + 1 if close >= 0 else len(body)
-            continue
-        if ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            entries.append(body[start:i])
-            start = i + 1
-        i += 1
-    entries.append(body[start:])
-    return [entry for entry in entries if entry.strip()]
-
-
-def _indent(line: str) -> str:
-    return line[: len(line) - len(line.lstrip(" \t"))]
-
-
-def _inline_text(entries: Sequence[str]) -> str:
-    return "{ " + ", ".join(entries) + " }" if entries else "{}"
-
-
-def _inline_with_entries(value: str, entries: Sequence[tuple[str, str]]) -> str:
-    """An inline table's text with ``key = raw`` entries appended, keeping its spacing style."""
-    if not entries:
-        return value
-    existing = [entry.strip() for entry in _split_inline(value)]
-    added = [f"{key} = {raw}" for key, raw in entries]
-    if not existing:
-        return _inline_text(added)
-    spaced = value.strip()[1:2] in (" ", "\t")
-    joined = ", ".join(existing + added)
-    return f"{{ {joined} }}" if spaced else f"{{{joined}}}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -499,19 +440,8 @@ def _verify(original: dict[str, TomlValue], migrated: str) -> None:
         options.setdefault(LEGACY_BACKEND_KEYS[old], value)
     backend["options"] = options
     expected["backend"] = backend
-    if not _same(result, expected):
+    if not same_values(result, expected):
         raise UnsafeLayout("the rewritten text would not hold the same values")
-
-
-def _same(a: object, b: object) -> bool:
-    """Deep equality where NaN equals NaN and a bool never equals an int."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return type(a) is type(b) and a == b
 
 
 def _report(

@@ -12,10 +12,13 @@ import importlib.util
 from collections.abc import Callable
 
 from retrain import registry_names
-from retrain.config.schema import Config
+from retrain.config.schema import SECTION_FIELDS, Config
 from retrain.errors import ConfigIssue
 
 Sources = dict[tuple[str, str], str]
+Rule = Callable[[Config, Sources], list[ConfigIssue]]
+# (section, key) of settings whose given value was rejected.
+Invalid = frozenset[tuple[str, str]]
 
 
 def _where(sources: Sources, section: str, key: str) -> str:
@@ -151,7 +154,7 @@ def _campaign(config: Config, sources: Sources) -> list[ConfigIssue]:
     return issues
 
 
-RULES: tuple[Callable[[Config, Sources], list[ConfigIssue]], ...] = (
+RULES: tuple[Rule, ...] = (
     _environment,
     _backpressure,
     _reward,
@@ -175,43 +178,114 @@ def _shipped(target: str) -> bool:
     return importlib.util.find_spec(target.partition(":")[0]) is not None
 
 
-def not_in_this_version(config: Config, sources: Sources) -> list[ConfigIssue]:
-    """Valid settings asking for a feature this version of retrain cannot run yet.
+def _campaign_unavailable(config: Config, sources: Sources) -> list[ConfigIssue]:
+    if config.campaign == type(config.campaign)():
+        return []
+    return [_issue(sources, "campaign", _first_set_key(config.campaign),
+                   "campaigns (conditions x seeds) are not part of this version of retrain",
+                   "run each condition as its own config, or remove [campaign]")]
 
-    The loader accepts them (a campaign file is a valid config), but a run must refuse
-    them rather than train while ignoring them; ``plan_run`` reports these."""
-    issues = []
-    if config.campaign != type(config.campaign)():
-        issues.append(_issue(sources, "campaign", _first_set_key(config.campaign),
-                             "campaigns (conditions x seeds) are not part of this version of retrain",
-                             "run each condition as its own config, or remove [campaign]"))
-    if config.backpressure.enabled:
-        issues.append(_issue(sources, "backpressure", "enabled",
-                             "USL backpressure (adaptive batch size) is not part of this version of retrain",
-                             "set enabled = false (the batch size stays [training] batch_size)"))
-    if config.squeeze != type(config.squeeze)():
-        issues.append(_issue(sources, "squeeze", _first_set_key(config.squeeze),
-                             "LoRA-Squeeze rank analysis is not part of this version of retrain",
-                             "remove the [squeeze] section"))
-    for kind, section, key in (("backend", "backend", "backend"), ("engine", "inference", "engine")):
+
+def _backpressure_unavailable(config: Config, sources: Sources) -> list[ConfigIssue]:
+    if not config.backpressure.enabled:
+        return []
+    return [_issue(sources, "backpressure", "enabled",
+                   "USL backpressure (adaptive batch size) is not part of this version of retrain",
+                   "set enabled = false (the batch size stays [training] batch_size)")]
+
+
+def _squeeze_unavailable(config: Config, sources: Sources) -> list[ConfigIssue]:
+    if config.squeeze == type(config.squeeze)():
+        return []
+    return [_issue(sources, "squeeze", _first_set_key(config.squeeze),
+                   "LoRA-Squeeze rank analysis is not part of this version of retrain", "remove the [squeeze] section")]
+
+
+def _unshipped_component(kind: str, section: str, key: str) -> Rule:
+    """A rule refusing a built-in ``kind`` whose module this version does not ship."""
+    builtins = registry_names.BUILTINS[kind]
+
+    def rule(config: Config, sources: Sources) -> list[ConfigIssue]:
         name = getattr(getattr(config, section), key)
-        if name in registry_names.BUILTINS[kind] and not _shipped(registry_names.BUILTINS[kind][name]):
-            available = [other for other, target in registry_names.BUILTINS[kind].items() if _shipped(target)]
-            issues.append(_issue(sources, section, key, f"the {kind} '{name}' is not part of this version of retrain",
-                                 f"choose one that is ({', '.join(available)}) or a dotted-path plugin"))
-    if config.environment.provider:
-        issues.append(_issue(sources, "environment", "provider",
-                             f"the '{config.environment.provider}' environment provider is not part of this version of retrain",
-                             "remove [environment] and take prompts from [data] (arithmetic, math, jsonl or a plugin)"))
-    return issues
+        if name not in builtins or _shipped(builtins[name]):
+            return []
+        available = [other for other, target in builtins.items() if _shipped(target)]
+        return [_issue(sources, section, key, f"the {kind} '{name}' is not part of this version of retrain",
+                       f"choose one that is ({', '.join(available)}) or a dotted-path plugin")]
+
+    return rule
 
 
-def check(config: Config, sources: Sources) -> list[ConfigIssue]:
-    """Every cross-field problem of ``config``; ``sources`` says which keys were set explicitly."""
+def _provider_unavailable(config: Config, sources: Sources) -> list[ConfigIssue]:
+    if not config.environment.provider:
+        return []
+    return [_issue(sources, "environment", "provider",
+                   f"the '{config.environment.provider}' environment provider is not part of this version of retrain",
+                   "remove [environment] and take prompts from [data] (arithmetic, math, jsonl or a plugin)")]
+
+
+UNAVAILABLE: tuple[Rule, ...] = (
+    _campaign_unavailable,
+    _backpressure_unavailable,
+    _squeeze_unavailable,
+    _unshipped_component("backend", "backend", "backend"),
+    _unshipped_component("engine", "inference", "engine"),
+    _provider_unavailable,
+)
+
+
+def not_in_this_version(config: Config, sources: Sources, invalid: Invalid = frozenset()) -> list[ConfigIssue]:
+    """Valid settings asking for a feature this version of retrain cannot run yet: a run
+    must refuse them rather than train while ignoring them. ``invalid`` as for ``check``."""
+    return _run(UNAVAILABLE, config, sources, invalid)
+
+
+def check(config: Config, sources: Sources, invalid: Invalid = frozenset()) -> list[ConfigIssue]:
+    """Every cross-field problem of ``config``; ``sources`` says which keys were set explicitly.
+
+    ``invalid`` holds the (section, key) of settings whose given value was rejected, so
+    ``config`` has their defaults instead: a rule that read one of them says nothing, since
+    its verdict was about a value the user did not write."""
+    return _run(RULES, config, sources, invalid)
+
+
+def _run(rules: tuple[Rule, ...], config: Config, sources: Sources, invalid: Invalid) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
-    for rule in RULES:
-        issues.extend(rule(config, sources))
+    for rule in rules:
+        if not invalid:
+            issues.extend(rule(config, sources))
+            continue
+        found, read = _watching_reads(rule, config, sources)
+        if not read & invalid:
+            issues.extend(issue for issue in found if (issue.section, issue.key) not in invalid)
     return issues
+
+
+def _watching_reads(rule: Rule, config: Config, sources: Sources) -> tuple[list[ConfigIssue], set[tuple[str, str]]]:
+    """Run ``rule`` on a copy of ``config`` whose sections note each setting the rule reads."""
+    read: set[tuple[str, str]] = set()
+    watched = {name: _watched_copy(getattr(config, name), name, read) for name in SECTION_FIELDS}
+    return rule(dataclasses.replace(config, **watched), sources), read
+
+
+_WATCHED_TYPES: dict[type, type] = {}
+
+
+def _watched_copy(section: object, name: str, read: set[tuple[str, str]]) -> object:
+    cls = type(section)
+    if cls not in _WATCHED_TYPES:
+        keys = {spec.name: spec.toml_key for spec in SECTION_FIELDS[name]}
+
+        def __getattribute__(self: object, attribute: str) -> object:
+            log = object.__getattribute__(self, "__dict__").get("_read_log")
+            if log is not None and attribute in keys:
+                log.add((name, keys[attribute]))
+            return object.__getattribute__(self, attribute)
+
+        _WATCHED_TYPES[cls] = type(cls.__name__, (cls,), {"__getattribute__": __getattribute__})
+    copy = object.__new__(_WATCHED_TYPES[cls])
+    copy.__dict__.update(vars(section), _read_log=read)
+    return copy
 
 
 def _changed(section: object, keys: tuple[str, ...]) -> list[str]:

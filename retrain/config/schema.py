@@ -43,6 +43,8 @@ def setting(
     ``aliases`` are older TOML spellings still accepted. ``component_setting`` marks a
     setting only some backends or engines read (they list it in their capabilities'
     ``reads``): setting it when neither the chosen backend nor engine reads it is an error.
+    ``{choices}`` in ``help`` stands for the valid values (``choices`` or the registry's
+    built-ins of ``plugin_kind``), so no help text lists them by hand.
     """
     metadata = {
         "help": help,
@@ -90,7 +92,7 @@ class TinkerOptions:
     api_key: str = setting("", "Tinker API key; empty = read TINKER_API_KEY from the environment", secret=True)
     loss_fn: str = setting(
         "importance_sampling",
-        "Tinker loss function used for the policy-gradient step",
+        "Tinker loss function used for the policy-gradient step: {choices}",
         choices=("importance_sampling", "ppo"),
     )
     timeout_s: float = setting(600.0, "Seconds to wait for one Tinker request", gt=0, le=86400)
@@ -100,7 +102,8 @@ class TinkerOptions:
 class PrimeRLOptions:
     """[backend.options] for backend = "prime_rl"."""
 
-    transport: str = setting("filesystem", "How batches reach the PRIME-RL trainer", choices=("filesystem", "zmq"))
+    transport: str = setting("filesystem", "How batches reach the PRIME-RL trainer: {choices}",
+                             choices=("filesystem", "zmq"))
     zmq_host: str = setting("localhost", "Trainer host when transport = \"zmq\"")
     zmq_port: int = setting(5555, "Trainer port when transport = \"zmq\"", ge=1, le=65535)
     zmq_hwm: int = setting(10, "ZeroMQ high-water mark (queued batches) when transport = \"zmq\"", ge=1, le=100000)
@@ -117,7 +120,7 @@ BACKEND_OPTIONS: dict[str, type] = {"local": LocalOptions, "tinker": TinkerOptio
 @dataclass(frozen=True)
 class BackendConfig:
     backend: str = setting(
-        "local", "Training backend: local (PyTorch+PEFT), tinker (remote), prime_rl (external trainer)",
+        "local", "Training backend: {choices}; local trains in this process with PyTorch+PEFT",
         plugin_kind="backend",
     )
     devices: str = setting(
@@ -150,16 +153,16 @@ class ModelConfig:
 @dataclass(frozen=True)
 class AlgorithmConfig:
     algorithm_mode: str = setting(
-        "", "Whole-pipeline algorithm (built-in recipe like maxrl_gtpo or a dotted path); overrides the two below",
+        "", "Whole-pipeline algorithm used instead of the two settings below: {choices}; empty = those two",
         plugin_kind="algorithm",
     )
-    advantage_mode: str = setting("maxrl", "Episode advantage: grpo, maxrl or a dotted path", plugin_kind="advantage")
+    advantage_mode: str = setting("maxrl", "Episode advantage: {choices}", plugin_kind="advantage")
     transform_mode: str = setting(
-        "gtpo_sepa", "Token-level transform: none, gtpo, gtpo_hicra, gtpo_sepa, ... or a dotted path",
+        "gtpo_sepa", "Token-level transform: {choices}",
         plugin_kind="transform",
     )
     uncertainty_kind: str = setting(
-        "surprisal", "Per-token uncertainty: surprisal, predictive_variance, shannon_entropy or a dotted path",
+        "surprisal", "Per-token uncertainty: {choices}",
         plugin_kind="uncertainty",
     )
     surprisal_mask_rho: float = setting(
@@ -225,7 +228,7 @@ class LoraConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: str = setting(
-        "math", "Prompt source: math (hendrycks MATH), arithmetic (offline), jsonl, or a dotted path",
+        "math", "Prompt source: {choices}; math is hendrycks MATH, arithmetic is generated offline",
         plugin_kind="data",
     )
     path: str = setting(
@@ -237,7 +240,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class EnvironmentConfig:
-    provider: str = setting("", "Environment provider: \"\" (use [data]) or verifiers", choices=("", "verifiers"))
+    provider: str = setting("", "Environment provider: {choices}; empty = prompts from [data]",
+                            choices=("", "verifiers"))
     id: str = setting("", "Environment id, e.g. primeintellect/gsm8k")
     args: dict[str, TomlValue] = setting({}, "Environment keyword arguments: a TOML table or a JSON object string")
     max_turns: int = setting(-1, "Cap on turns for multi-turn environments; -1 = the environment's default", ge=-1, le=100_000)
@@ -246,7 +250,7 @@ class EnvironmentConfig:
 
 @dataclass(frozen=True)
 class PlanningConfig:
-    detector: str = setting("regex", "Planning-token detector: regex, semantic or a dotted path", plugin_kind="planning")
+    detector: str = setting("regex", "Planning-token detector: {choices}", plugin_kind="planning")
     model: str = setting("all-MiniLM-L6-v2", "Sentence-transformers model for the semantic detector")
     threshold: float = setting(0.02, "Similarity margin above which a sentence counts as planning (semantic)", ge=-1.0, le=1.0)
 
@@ -265,7 +269,7 @@ class HICRAConfig:
 @dataclass(frozen=True)
 class SEPAConfig:
     steps: int = setting(500, "Ramp length of the linear schedule (steps for lambda to go 0 -> 1)", ge=1, le=MAX_INT)
-    schedule: str = setting("linear", "linear: ramp lambda; auto: also follow the decay of uncertainty variance",
+    schedule: str = setting("linear", "Lambda schedule: {choices}; auto also follows the decay of uncertainty variance",
                             choices=("linear", "auto"))
     delay_steps: int = setting(50, "Steps before the ramp begins", ge=0, le=MAX_INT)
     correct_rate_gate: float = setting(
@@ -281,21 +285,21 @@ class SEPAConfig:
 @dataclass(frozen=True)
 class InferenceConfig:
     engine: str = setting(
-        "pytorch", "Inference engine: pytorch (in-process), vllm, sglang, openai, max, mlx or a dotted path",
+        "pytorch", "Inference engine: {choices}; pytorch runs in this process",
         plugin_kind="engine",
     )
-    url: str = setting("", "Server URL for HTTP engines (vllm, sglang, openai, max, mlx)", component_setting=True)
+    url: str = setting("", "Server URL for an engine that serves over HTTP", component_setting=True)
     attention_kernel: str = setting(
-        "default", "Attention implementation", choices=("default", "flash", "triton", "tk", "cutlass")
+        "default", "Attention implementation: {choices}", choices=("default", "flash", "triton", "tk", "cutlass")
     )
-    dtype: str = setting("auto", "Inference dtype", choices=("auto", "bf16", "fp8", "fp4"))
-    kv_cache_dtype: str = setting("auto", "KV cache dtype", choices=("auto", "bf16", "fp8", "int8"))
+    dtype: str = setting("auto", "Inference dtype: {choices}", choices=("auto", "bf16", "fp8", "fp4"))
+    kv_cache_dtype: str = setting("auto", "KV cache dtype: {choices}", choices=("auto", "bf16", "fp8", "int8"))
     prefix_caching: bool = setting(True, "Compute each prompt's KV cache once and share it across its group")
 
 
 @dataclass(frozen=True)
 class RewardConfig:
-    type: str = setting("match", "Reward: match, math, judge or custom", plugin_kind="reward")
+    type: str = setting("match", "Reward: {choices}", plugin_kind="reward")
     judge_model: str = setting("", "Model used by the judge reward, e.g. gpt-4o-mini")
     custom_module: str = setting("", "Module holding the custom reward function (type = \"custom\")")
     custom_function: str = setting("score", "Function name in custom_module")
@@ -448,37 +452,26 @@ class FieldSpec:
     def accepts_dotted_path(self) -> bool:
         return self.plugin_kind in registry_names.DOTTED_PATH_KINDS
 
+    def listed_choices(self) -> str:
+        """The valid values as help texts and errors list them (``a, b or c``), in the
+        order of their table; an empty value is described, never listed."""
+        names = [name for name in self.allowed_names() if name]
+        if self.accepts_dotted_path:
+            names.append("a dotted plugin path")
+        return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
 
 def fields_of(cls: type, section: str) -> list[FieldSpec]:
     """The declared settings of one section dataclass, in declaration order."""
     hints = get_type_hints(cls)
     specs = []
     for f in dataclasses.fields(cls):
-        meta = f.metadata
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        else:
-            default = f.default_factory()  # type: ignore[misc]
-        specs.append(
-            FieldSpec(
-                section=section,
-                name=f.name,
-                toml_key=meta.get("toml_key") or f.name,
-                type=hints[f.name],
-                default=default,
-                help=meta["help"],
-                choices=meta["choices"],
-                plugin_kind=meta["plugin_kind"],
-                ge=meta["ge"],
-                gt=meta["gt"],
-                le=meta["le"],
-                lt=meta["lt"],
-                secret=meta["secret"],
-                flag=meta["flag"],
-                aliases=meta["aliases"],
-                component_setting=meta["component_setting"],
-            )
-        )
+        meta = dict(f.metadata)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        meta["toml_key"] = meta["toml_key"] or f.name
+        spec = FieldSpec(section=section, name=f.name, type=hints[f.name], default=default, **meta)
+        # A help text lists the valid values through {choices}, so it always shows the table's names.
+        specs.append(dataclasses.replace(spec, help=spec.help.replace("{choices}", spec.listed_choices())))
     return specs
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 _BARE = r"[A-Za-z0-9_-]+"
@@ -195,9 +196,17 @@ def key_lines(text: str) -> dict[KeyPath, int]:
     ``text`` must be valid TOML (the loader parses it first).
     """
     lines: dict[KeyPath, int] = {}
+    for statement, path in _paths(scan(text)[0]):
+        lines.setdefault(path, statement.first + 1)
+    return lines
+
+
+def _paths(statements: list[Statement]) -> Iterator[tuple[Statement, KeyPath]]:
+    """Each table header and key/value statement with its full path; the path of an
+    ``[[array]]`` header ends with the index of the element it starts."""
     table: KeyPath = ()
     array_counts: dict[KeyPath, int] = {}
-    for statement in scan(text)[0]:
+    for statement in statements:
         if statement.kind == "array":
             path = _with_array_indices(statement.table[:-1], array_counts, last_is_new=True)
             array_counts[path] = array_counts.get(path, 0) + 1
@@ -205,12 +214,11 @@ def key_lines(text: str) -> dict[KeyPath, int]:
         elif statement.kind == "table":
             table = _with_array_indices(statement.table, array_counts)
         elif statement.kind == "keyval":
-            lines.setdefault(table + statement.key, statement.first + 1)
+            yield statement, table + statement.key
             continue
         else:
             continue
-        lines.setdefault(table, statement.first + 1)
-    return lines
+        yield statement, table
 
 
 def _with_array_indices(path: tuple[str, ...], array_counts: dict[KeyPath, int], last_is_new: bool = False) -> KeyPath:
@@ -230,3 +238,90 @@ def line_of(lines: dict[KeyPath, int], path: KeyPath) -> int | None:
             return lines[path]
         path = path[:-1]
     return None
+
+
+# ---------------------------------------------------------------------------------------
+# Keys and tables defined twice
+
+# How a path was first defined, as the message about its second definition says it.
+_FIRST_DEFINED = {"key": "set", "table": "declared as a table", "dotted": "set by the dotted key",
+                  "array": "declared as an array of tables"}
+
+
+@dataclass(frozen=True)
+class Redefinition:
+    """A key or table defined a second time: what it is, where, and where it was first.
+
+    Kinds: "key" (a key/value), "table" (a header), "dotted" (a table made by a dotted
+    key such as ``options.x = 1``) and, first only, "array" (an ``[[array]]`` header)."""
+
+    path: KeyPath
+    kind: str
+    line: int
+    first_kind: str
+    first_line: int
+
+    def describe(self) -> tuple[str, str, str, str]:
+        """(section, key, problem, fix) for a configuration error."""
+        dotted = _dotted(self.path)
+        section, key = (_dotted(self.path[:-1]), str(self.path[-1])) if self.kind == "key" else (dotted, "")
+        kinds = {self.kind, self.first_kind}
+        how = "declared" if kinds == {"table"} else _FIRST_DEFINED[self.first_kind]
+        fix = "keep one of them"
+        if kinds == {"table"}:
+            fix = f"merge them into one [{dotted}] section"
+        elif kinds == {"table", "dotted"}:
+            fix = f"write the keys of [{dotted}] in one place: under its header or as dotted keys"
+        noun = "key" if self.kind == "key" else "table"
+        return section, key, f"duplicate {noun}: also {how} on line {self.first_line}", fix
+
+
+def _dotted(path: KeyPath) -> str:
+    """``("campaign", "conditions", 0)`` as ``campaign.conditions[0]``."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".")
+
+
+def first_redefinition(text: str) -> Redefinition | None:
+    """The first key or table that ``text`` defines twice (what ``tomllib`` refuses with
+    "Cannot overwrite a value", "Cannot declare ... twice" and the like), or None.
+
+    A header repeating a table made by dotted keys is reported as the key both set when
+    its section sets one again, otherwise as the table."""
+    try:
+        statements = scan(text)[0]
+    except UnsafeLayout:
+        return None
+    seen: dict[KeyPath, tuple[str, int]] = {}
+    pending: Redefinition | None = None
+    for statement, path in _paths(statements):
+        kind, line = {"keyval": "key", "array": "array"}.get(statement.kind, "table"), statement.first + 1
+        if pending is not None and kind != "key":
+            return pending
+        defined = path[:-1] if kind == "array" else path
+        clash = _clash(seen, defined, statement)
+        if clash is not None:
+            found = Redefinition(clash[0], clash[1], line, *seen[clash[0]])
+            if (found.kind, found.first_kind) != ("table", "dotted"):
+                return found
+            pending = found
+        made = range(len(path) - len(statement.key) + 1, len(path)) if kind == "key" else ()
+        for end in made:
+            seen.setdefault(path[:end], ("dotted", line))
+        seen.setdefault(defined, (kind, line))
+    return pending
+
+
+def _clash(seen: dict[KeyPath, tuple[str, int]], path: KeyPath, statement: Statement) -> tuple[KeyPath, str] | None:
+    """The path defined before that this statement defines again, and how this one defines it."""
+    if statement.kind == "keyval":
+        if path in seen:
+            return path, "key"
+        # The tables a dotted key makes may exist before only as tables made by dotted keys.
+        made = (path[:end] for end in range(len(path) - len(statement.key) + 1, len(path)))
+        table = next((table for table in made if seen.get(table, ("dotted",))[0] != "dotted"), None)
+        return (table, "dotted") if table is not None else None
+    if path in seen and not (statement.kind == "array" and seen[path][0] == "array"):
+        return path, "table"
+    # A header cannot open a table inside a value.
+    table = next((path[:end] for end in range(1, len(path)) if seen.get(path[:end], ("",))[0] == "key"), None)
+    return (table, "table") if table is not None else None

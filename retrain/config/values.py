@@ -4,12 +4,12 @@ given as text on the command line or in environment variables."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 
 from retrain.config.schema import FieldSpec
 from retrain.registry_names import is_dotted_path
@@ -165,9 +165,7 @@ def _name_problems(spec: FieldSpec, value: str) -> list[tuple[str, str]]:
         return []
     if spec.accepts_dotted_path and is_dotted_path(value):
         return []  # a plugin: resolved (and checked) by the registry before the run starts
-    listed = ", ".join(repr(name) for name in allowed if name) or "(none)"
-    suffix = " or a dotted path to a plugin (pkg.module.attr)" if spec.accepts_dotted_path else ""
-    fix = did_you_mean(value, [name for name in allowed if name], f"choose one of {listed}{suffix}")
+    fix = did_you_mean(value, [name for name in allowed if name], f"choose one of {spec.listed_choices()}")
     return [(f"{value!r} is not a valid choice", fix)]
 
 
@@ -202,13 +200,47 @@ def parse_text_value(raw: str, declared: object) -> object:
     return raw
 
 
-def did_you_mean(word: str, candidates: object, otherwise: str) -> str:
-    """"did you mean 'x'?" for the closest candidate, or ``otherwise`` when none is close."""
-    names = [str(candidate) for candidate in candidates]  # type: ignore[attr-defined]
-    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
-    if not close:
-        lowered = {name.lower(): name for name in names}
-        close = [lowered[word.lower()]] if word.lower() in lowered else []
-    if close:
-        return f"did you mean '{close[0]}'?"
-    return otherwise
+def did_you_mean(word: str, candidates: Iterable[str], otherwise: str) -> str:
+    """"did you mean 'x'?" when ``word`` is a typo of a candidate, else ``otherwise``.
+
+    A typo is a slip in writing a name, not another name that looks alike: ``word`` is
+    one when it equals the candidate once case and separators (``-``, ``_``, ``.``, space)
+    are ignored, or when it is at most a few one-character edits away (insert, delete,
+    replace, or swap two neighbours; each counts one): one edit for names under ten
+    characters, a fifth of the length for longer ones. So ``gtpo_sep``, ``GTPO-SEPA`` and
+    ``maxrll`` get a suggestion, and ``delight_sepa`` (another algorithm) does not. Every
+    candidate at the smallest distance is named, in the candidates' order.
+    """
+    folded = _fold(word)
+    best: dict[str, int] = {}
+    named: set[str] = set()  # "--training.lr" and "--training-lr" are one suggestion
+    for candidate in candidates:
+        target = _fold(candidate)
+        distance = _edit_distance(folded, target, limit=max(1, len(target) // 5))
+        if distance is not None and target not in named:
+            named.add(target)
+            best[candidate] = distance
+    if not best:
+        return otherwise
+    closest = min(best.values())
+    return "did you mean " + " or ".join(f"'{name}'" for name, d in best.items() if d == closest) + "?"
+
+
+def _fold(name: str) -> str:
+    return name.lower().replace("-", "_").replace(".", "_").replace(" ", "_")
+
+
+def _edit_distance(a: str, b: str, limit: int) -> int | None:
+    """The optimal-string-alignment distance of ``a`` and ``b`` when it is at most ``limit``."""
+    if abs(len(a) - len(b)) > limit:
+        return None
+    before: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], before[j - 2] + 1)
+        before, previous = previous, row
+    return previous[-1] if previous[-1] <= limit else None

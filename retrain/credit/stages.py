@@ -17,17 +17,16 @@ from pathlib import Path
 from retrain.algorithms import Recipe
 from retrain.config.schema import Config
 from retrain.errors import PluginError, RetrainError
+from retrain.plugin_params import check_params
 from retrain.registry import (
     BUILTIN_ORIGIN,
     PluginOutputError,
     PluginSpec,
     ResolvedPlugin,
-    check_params,
     plugin_spec,
     resolve,
 )
 from retrain.transforms.compositions import Composition
-
 
 # The table each kind's plugins read their parameters from ([algorithm.<table>]).
 PARAMS_TABLES = {"advantage": "advantage_params", "transform": "transform_params", "algorithm": "params"}

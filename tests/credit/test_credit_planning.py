@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from retrain.config.schema import Config, LoggingConfig, PlanningConfig
 from retrain.errors import ConfigError
-from retrain.registry import resolve
 from retrain.planning import (
     DEFAULT_STRATEGIC_GRAMS,
     RegexPlanningDetector,
@@ -18,6 +17,7 @@ from retrain.planning import (
     parse_strategic_grams,
     spans_to_mask,
 )
+from retrain.registry import resolve
 
 
 def word_spans(text: str) -> list[tuple[int, int]]:

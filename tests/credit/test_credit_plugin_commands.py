@@ -13,8 +13,8 @@ from retrain.commands.init_plugin import class_name
 from retrain.config.loader import load_config
 from retrain.config.schema import PluginsConfig
 from retrain.credit import build_credit_pipeline
-from retrain.registry import PluginSignatureError, resolve
 from retrain.plan import reward_factory
+from retrain.registry import PluginSignatureError, resolve
 from retrain.types import Example, SamplingParams
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,13 +11,13 @@ import pytest
 from retrain.advantages import grpo_advantages
 from retrain.config.schema import Config, GTPOConfig, HICRAConfig, PluginsConfig, setting
 from retrain.errors import ConfigError
+from retrain.plugin_discovery import discover
+from retrain.plugin_params import check_params
 from retrain.registry import (
     PluginAttributeError,
     PluginDependencyError,
     PluginNotFoundError,
     PluginSignatureError,
-    check_params,
-    discover,
     register,
     resolve,
 )

@@ -6,9 +6,9 @@ from hypothesis import strategies as st
 
 from retrain.transforms import (
     broadcast_advantages,
-    sepa_pool,
     gtpo_weights,
     hicra_amplify,
+    sepa_pool,
     top_rho_mask,
 )
 

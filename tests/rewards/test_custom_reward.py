@@ -10,15 +10,15 @@ import pytest
 
 from retrain.config.schema import Config, PluginsConfig, RewardConfig
 from retrain.errors import PluginError
+from retrain.plan import reward_factory
 from retrain.registry import (
     PluginAttributeError,
     PluginDependencyError,
     PluginNotFoundError,
     PluginOutputError,
     PluginSignatureError,
+    resolve,
 )
-from retrain.plan import reward_factory
-from retrain.registry import resolve
 from retrain.types import Example, Reward
 
 EXAMPLES = [

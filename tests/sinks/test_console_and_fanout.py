@@ -13,13 +13,11 @@ from retrain.sinks import (
     ConsoleProgress,
     GenerationsLog,
     MetricsLog,
-    Sink,
     Sinks,
     build_sinks,
-    wandb_run_name,
-    wandb_tags,
 )
-from retrain.types import Example, SampleBatch
+from retrain.sinks.wandb_run import wandb_run_name, wandb_tags
+from retrain.types import Example, SampleBatch, Sink
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""Crash-safe JSONL logs (retrain.sinks.MetricsLog / GenerationsLog)."""
+"""Crash-safe JSONL logs (retrain.sinks.jsonl: MetricsLog / GenerationsLog)."""
 
 from __future__ import annotations
 

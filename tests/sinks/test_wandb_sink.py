@@ -1,4 +1,4 @@
-"""The wandb sink (retrain.sinks.WandbSink), run offline into a temporary WANDB_DIR."""
+"""The wandb sink (retrain.sinks.wandb_run.WandbSink), run offline into a temporary WANDB_DIR."""
 
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ class _RewindRefusingInit:
 def test_a_refused_rewind_continues_the_run_and_says_what_wandb_will_miss(caplog):
     pytest.importorskip("wandb")
     init = _RewindRefusingInit()
-    with caplog.at_level("WARNING", logger="retrain.sinks"):
+    with caplog.at_level("WARNING", logger="retrain.sinks.wandb_run"):
         sink = WandbSink(Config(logging=LoggingConfig(wandb_project="retrain-tests")), run_id="abc", resume_step=7,
                          init=init)
     assert sink.run_id == "abc"
