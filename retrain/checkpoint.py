@@ -33,7 +33,9 @@ ENGINE_STATE = "engine"
 def rng_state() -> dict[str, object]:
     """Python's and numpy's global generator states, as JSON data."""
     version, internal, gauss = random.getstate()
-    numpy_state = np.random.get_state()
+    numpy_state = np.random.get_state(legacy=True)
+    if not isinstance(numpy_state, tuple):
+        raise TypeError("numpy returned its RNG state as a dict despite legacy=True")
     return {
         "python": [version, list(internal), gauss],
         "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],

@@ -275,6 +275,8 @@ class Engine(Protocol):
 
     policy_version: int
 
+    def __init__(self, config: Config) -> None: ...
+
     @classmethod
     def capabilities(cls, config: Config) -> EngineCapabilities: ...
 
@@ -308,6 +310,8 @@ class Backend(Protocol):
     """
 
     policy_version: int
+
+    def __init__(self, config: Config) -> None: ...
 
     @classmethod
     def capabilities(cls, config: Config) -> BackendCapabilities: ...

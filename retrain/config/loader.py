@@ -31,7 +31,7 @@ from retrain.config.schema import (
     FieldSpec,
     fields_of,
 )
-from retrain.config.toml_text import first_redefinition, key_lines, line_of
+from retrain.config.toml_text import TOMLLIB_REDEFINED, first_redefinition, key_lines, line_of
 from retrain.config.values import (
     check_value,
     did_you_mean,
@@ -103,10 +103,6 @@ def resolve_config(
     return ResolvedConfig(config=config, path=file_path, sources=builder.sources, warnings=builder.warnings)
 
 
-# How tomllib words a key or table defined twice.
-_REDEFINED = ("Cannot overwrite", "Cannot declare", "Cannot redefine", "Cannot mutate")
-
-
 def parse_toml_text(text: str, label: str) -> dict[str, object]:
     """Parse TOML, turning a syntax error into a one-line ``ConfigError`` with line and column."""
     try:
@@ -115,7 +111,7 @@ def parse_toml_text(text: str, label: str) -> dict[str, object]:
         # Python < 3.14 only puts the position in the message: "... (at line 2, column 5)".
         message = str(exc)
         position = re.search(r"\s*\(at line (\d+), column (\d+)\)", message)
-        redefined = first_redefinition(text) if message.startswith(_REDEFINED) else None
+        redefined = first_redefinition(text) if message.startswith(TOMLLIB_REDEFINED) else None
         if redefined is not None:
             raise ConfigError(ConfigIssue(f"{label}:{redefined.line}", *redefined.describe())) from exc
         if position:

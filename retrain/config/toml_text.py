@@ -2,8 +2,9 @@
 
 ``scan`` splits a text into statements (key/value, table header, comment, blank line),
 each with its line range and the character spans of its key, value and trailing comment.
-``migrate-config`` rewrites files with it without touching anything else, and
-``key_lines`` uses it so configuration errors can say ``file:line``.
+``migrate-config`` rewrites files with it without touching anything else, ``key_lines``
+uses it so configuration errors can say ``file:line``, and ``first_redefinition`` finds
+both lines of a key or table that a file defines twice.
 """
 
 from __future__ import annotations
@@ -242,6 +243,9 @@ def line_of(lines: dict[KeyPath, int], path: KeyPath) -> int | None:
 
 # ---------------------------------------------------------------------------------------
 # Keys and tables defined twice
+
+# How tomllib's errors about a key or table defined twice begin.
+TOMLLIB_REDEFINED = ("Cannot overwrite", "Cannot declare", "Cannot redefine", "Cannot mutate")
 
 # How a path was first defined, as the message about its second definition says it.
 _FIRST_DEFINED = {"key": "set", "table": "declared as a table", "dotted": "set by the dotted key",

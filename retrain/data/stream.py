@@ -7,7 +7,7 @@ epoch continues into the next one, so every batch has exactly the size asked for
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class PromptStream:
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, "num_examples": len(self.examples)}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
         if state["num_examples"] != len(self.examples):
             raise RetrainError(
                 f"the data changed since the checkpoint: it had {state['num_examples']} examples, now "

@@ -16,7 +16,7 @@ from retrain.cli import main, stdout_is_closed
 from retrain.commands.init import write_new_files
 from retrain.config.loader import load_config
 from retrain.config.reference import render_reference
-from retrain.errors import RetrainError
+from retrain.errors import ConfigError, RetrainError
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "peft", "datasets", "wandb", "sentence_transformers")
@@ -85,7 +85,11 @@ def test_init_writes_each_template_and_refuses_to_overwrite(tmp_path: Path, caps
     for name in ("cpu", "quickstart", "full", "campaign"):
         target = tmp_path / f"{name}.toml"
         assert main(["init", str(target), "--template", name]) == 0
-        load_config(target, environ={})
+        if name == "campaign":
+            with pytest.raises(ConfigError, match=r"campaigns \(conditions x seeds\) are not part of this version"):
+                load_config(target, environ={})
+        else:
+            load_config(target, environ={})
         before = target.read_bytes()
         assert main(["init", str(target), "--template", name]) == 2
         assert target.read_bytes() == before

@@ -6,8 +6,10 @@ and mismatched components are refused by ``retrain explain`` naming both sides."
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,43 @@ def test_a_remote_backend_and_an_http_engine_train_through_the_cli(tmp_path):
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         rows = read_jsonl_strict(tmp_path / "logs" / "metrics.jsonl")
         assert [row["step"] for row in rows] == list(range(1, 25))
+
+
+FAILING_REWARD = """
+calls = 0
+
+def score(completion, reference):
+    global calls
+    calls += 1
+    if calls > 64:  # two steps of 4 prompts x 8 samples
+        raise RuntimeError("the scorer lost its connection")
+    return float(completion == reference)
+"""
+
+
+@pytest.mark.parametrize("ending", ["error", "signal"])
+def test_the_engine_and_backend_are_closed_on_every_way_out(tmp_path, ending):
+    with serve() as (url, service):
+        write_run_folder(tmp_path, url, steps=400)
+        if ending == "error":
+            write_plugin(tmp_path / "plugs", "failing_reward", FAILING_REWARD)
+            plugs = tmp_path / "plugs"
+            flags = ["--search-paths", f'["{plugs}", "{TESTS}"]', "--reward.type", "custom",
+                     "--reward.custom_module", "failing_reward"]
+            result = retrain(tmp_path, "c.toml", *flags)
+            assert result.returncode == 2 and "the scorer lost its connection" in result.stderr, result.stderr
+        else:
+            process = subprocess.Popen([sys.executable, "-m", "retrain", "c.toml"], cwd=tmp_path,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 60
+            while not (tmp_path / "logs" / "metrics.jsonl").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=60)
+            assert process.returncode == 143, stderr
+        assert service.adapters == {}, "the engine did not unload its adapter on the way out"
+        loads = read_jsonl_strict(tmp_path / "logs" / "engine_loads.jsonl")
+        assert loads and loads[0]["loaded"] == "policy-v0"
 
 
 def write_plugin(folder: Path, name: str, source: str) -> None:
