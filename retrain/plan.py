@@ -32,13 +32,14 @@ from retrain.config.schema import ALL_FIELDS, Config
 from retrain.credit import CreditPipeline, build_credit_pipeline
 from retrain.errors import ConfigError, ConfigIssue, PluginError
 from retrain.registry import ResolvedPlugin, resolve
+from retrain.environments.single_turn import SingleTurn
 from retrain.rewards.custom import CustomReward
 from retrain.types import (
     Backend,
     BackendCapabilities,
-    DataSource,
     Engine,
     EngineCapabilities,
+    Environment,
     PlanningDetector,
     PolicyKind,
     Reward,
@@ -63,8 +64,7 @@ class RunPlan:
     config: Config
     backend: type[Backend]
     engine: type[Engine]
-    data: Callable[[Config], DataSource]
-    reward: Callable[[Config], Reward]
+    environment: Callable[[Config], Environment]
     # None when no stage of the credit pipeline reads planning tokens.
     planning: Callable[[Config], PlanningDetector] | None
     credit: CreditPipeline
@@ -113,7 +113,8 @@ def _absolute_directory(entry: str, base: Path) -> str:
 
 # The setting that names each component kind.
 COMPONENT_SETTINGS = {"backend": ("backend", "backend"), "engine": ("inference", "engine"),
-                      "data": ("data", "source"), "reward": ("reward", "type"), "planning": ("planning", "detector")}
+                      "environment": ("environment", "provider"), "data": ("data", "source"),
+                      "reward": ("reward", "type"), "planning": ("planning", "detector")}
 
 
 class _Planner:
@@ -157,18 +158,28 @@ class _Planner:
             self.issue(section, key, f"{who} raised {type(exc).__name__} while declaring its capabilities: {exc}",
                        "fix the plugin (RETRAIN_DEBUG=1 shows where)")
             return None
-        for problem in own:
+        self.record(own)
+        if capabilities is not None and not isinstance(capabilities, expected):
+            self.issue(section, key, f"{who}: capabilities(config) returned {type(capabilities).__name__}, "
+                       f"not a {expected.__name__}", f"return retrain.types.{expected.__name__}(...)")
+            return None
+        return capabilities
+
+
+    def own_issues(self, plugin: ResolvedPlugin) -> None:
+        """Record what a component without capabilities reports about the config."""
+        if hasattr(plugin.obj, "config_issues"):
+            self.record(plugin.obj.config_issues(self.config))
+
+    def record(self, issues: list[ConfigIssue]) -> None:
+        """A component's own issues: errors for the report, warnings for the config."""
+        for problem in issues:
             where = self.resolved.sources.get((problem.section, problem.key), "")
             located = dataclasses.replace(problem, where=problem.where or where)
             if located.warning:
                 self.resolved.warnings.append(located)
             elif located not in self.issues:
                 self.issues.append(located)
-        if capabilities is not None and not isinstance(capabilities, expected):
-            self.issue(section, key, f"{who}: capabilities(config) returned {type(capabilities).__name__}, "
-                       f"not a {expected.__name__}", f"return retrain.types.{expected.__name__}(...)")
-            return None
-        return capabilities
 
 
 def plan_run(resolved: ResolvedConfig) -> RunPlan:
@@ -180,8 +191,7 @@ def plan_run(resolved: ResolvedConfig) -> RunPlan:
     config = planner.config
     backend = planner.resolve("backend", config.backend.backend)
     engine = planner.resolve("engine", config.inference.engine)
-    data = planner.resolve("data", config.data.source)
-    reward = planner.resolve("reward", config.reward.plugin_name)
+    environment = plan_environment(planner)
     credit = build_credit_pipeline(config, planner.base_dir)
     credit.probe()
     planning = planner.resolve("planning", config.planning.detector) if credit.needs_planning else None
@@ -192,16 +202,33 @@ def plan_run(resolved: ResolvedConfig) -> RunPlan:
         assert backend is not None and engine is not None
         publication = check_pairing(planner, backend, backend_caps, engine, engine_caps, credit.needs_entropies)
     planner.issues.extend(preflight_issues(config, credit.needs_planning, resolved.sources))
-    if planner.issues or publication is None or data is None or reward is None:
+    if planner.issues or publication is None or environment is None:
         raise ConfigError(planner.issues) from planner.cause
     assert isinstance(backend_caps, BackendCapabilities) and isinstance(engine_caps, EngineCapabilities)
     assert backend is not None and engine is not None
     return RunPlan(
-        resolved=resolved, config=config, backend=backend.obj, engine=engine.obj, data=data.obj,
-        reward=reward_factory(reward), planning=planning.obj if planning else None, credit=credit,
+        resolved=resolved, config=config, backend=backend.obj, engine=engine.obj, environment=environment,
+        planning=planning.obj if planning else None, credit=credit,
         backend_capabilities=backend_caps, engine_capabilities=engine_caps, publication=publication,
         origins=planner.origins,
     )
+
+
+def plan_environment(planner: _Planner) -> Callable[[Config], Environment] | None:
+    """``[environment] provider``, or the single-turn environment of ``[data]`` and ``[reward]``."""
+    config = planner.config
+    if config.environment.provider:
+        environment = planner.resolve("environment", config.environment.provider)
+        if environment is None:
+            return None
+        planner.own_issues(environment)
+        factory: Callable[[Config], Environment] = environment.obj
+        return factory
+    data = planner.resolve("data", config.data.source)
+    reward = planner.resolve("reward", config.reward.plugin_name)
+    if data is None or reward is None:
+        return None
+    return functools.partial(SingleTurn, data=data.obj, reward=reward_factory(reward))
 
 
 def reward_factory(plugin: ResolvedPlugin) -> Callable[[Config], Reward]:

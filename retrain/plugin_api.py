@@ -67,6 +67,7 @@ from retrain.types import (
     PolicyRef,
     SampleBatch,
     SamplingParams,
+    Scored,
     TrainBatch,
     TrainResult,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "PolicyRef",
     "SampleBatch",
     "SamplingParams",
+    "Scored",
     "TrainBatch",
     "TrainResult",
     "TransformContext",

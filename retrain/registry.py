@@ -163,6 +163,9 @@ BUILTIN_DESCRIPTIONS: dict[str, dict[str, tuple[str, str]]] = {
         "tinker": ("remote training with the Tinker service", "[backend.options] api_key, loss_fn, timeout_s"),
         "prime_rl": ("batches sent to an external PRIME-RL trainer", "[backend.options] transport, zmq_*, sync_*"),
     },
+    "environment": {
+        "verifiers": ("a verifiers taskset: its prompts, multi-turn rollouts and rewards", "[environment] id, args"),
+    },
     "engine": {
         "pytorch": ("in-process sampling with the training model", "[inference] attention_kernel, dtype, ..."),
         "vllm": ("a vLLM server (OpenAI-compatible API)", "[inference] url"),
@@ -212,6 +215,11 @@ CONTRACTS: dict[str, KindContract] = {
         "policy_version: int; encode_prompt(messages) -> list[int]; train_step(batch) -> TrainResult; "
         "publish(kind, directory) -> PolicyRef; save_adapter(path); save_state(directory); load_state(directory); "
         "close()",
+    ),
+    "environment": KindContract(
+        "class", 1, {"examples": 0, "rollout": 4},
+        "class E: __init__(self, config); examples(self) -> list[Example]; "
+        "rollout(self, examples, engine, encode, params: SamplingParams) -> Scored",
     ),
     "engine": KindContract(
         "class", 1, {"capabilities": 1, "generate": 2, "load": 1, "save_state": 1, "load_state": 1, "close": 0},

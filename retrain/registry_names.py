@@ -70,6 +70,10 @@ ENGINES: dict[str, str] = {
     "mlx": "retrain.engines.openai_http:MLXEngine",
 }
 
+ENVIRONMENTS: dict[str, str] = {
+    "verifiers": "retrain.environments.verifiers:VerifiersEnvironment",
+}
+
 BUILTINS: dict[str, dict[str, str]] = {
     "advantage": ADVANTAGES,
     "transform": TRANSFORMS,
@@ -80,6 +84,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "planning": PLANNING_DETECTORS,
     "backend": BACKENDS,
     "engine": ENGINES,
+    "environment": ENVIRONMENTS,
 }
 
 # Rewards take user code through [reward] custom_module/custom_function instead.

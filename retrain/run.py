@@ -52,7 +52,7 @@ from retrain.run_dirs import CONFIG_FILE, adapter_dir, claim_output_dirs
 from retrain.sampling import GroupCollector, LookaheadCollector, RefillingCollector, SamplingSettings
 from retrain.sinks import build_sinks
 from retrain.step import NoPlanning, Run, rl_step
-from retrain.types import Collector, Engine, Message, PlanningDetector, SamplingParams
+from retrain.types import Collector, Encoder, Engine, PlanningDetector, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -101,20 +101,20 @@ def build_run(plan: RunPlan, resume_state: Mapping[str, object] | None = None) -
                    sinks=sinks, start_step=completed + 1, resources=stack.pop_all())
 
 
-def build_collector(plan: RunPlan, config: Config, encode: Callable[[tuple[Message, ...]], list[int]], engine: Engine,
-                    seed: int) -> Collector:
+def build_collector(plan: RunPlan, config: Config, encode: Encoder, engine: Engine, seed: int) -> Collector:
     """Prompts in step order, sampled and scored; refilled (dynamic sampling) and sampled
     ahead of training (``max_staleness``) as configured."""
     training = config.training
-    stream = PromptStream(plan.data(config).examples(), seed, shuffle=config.data.shuffle)
+    environment = plan.environment(config)
+    stream = PromptStream(environment.examples(), seed, shuffle=config.data.shuffle)
     settings = SamplingSettings(training.batch_size, SamplingParams(
         training.group_size, training.max_tokens, training.temperature, training.top_p, plan.credit.needs_entropies))
-    reward = plan.reward(config)
     collector: GroupCollector
     if training.dynamic_sampling:
-        collector = RefillingCollector(stream, encode, engine, reward, settings, training.dynamic_sampling_max_rounds)
+        collector = RefillingCollector(stream, environment, engine, encode, settings,
+                                       training.dynamic_sampling_max_rounds)
     else:
-        collector = GroupCollector(stream, encode, engine, reward, settings)
+        collector = GroupCollector(stream, environment, engine, encode, settings)
     if training.max_staleness:
         return LookaheadCollector(collector, training.max_staleness, last_step=training.max_steps)
     return collector

@@ -11,8 +11,7 @@ background thread, so step s may come from a policy up to k updates old.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -20,7 +19,7 @@ from typing import TypeVar
 import numpy as np
 
 from retrain.data.stream import PromptStream
-from retrain.types import Collected, Engine, Example, Message, Reward, SampleBatch, SamplingParams
+from retrain.types import Collected, Encoder, Engine, Environment, Example, SampleBatch, SamplingParams
 
 T = TypeVar("T")
 
@@ -38,28 +37,24 @@ class SamplingSettings:
 
 
 class GroupCollector:
-    """One round: ``batch_size`` prompts, ``group_size`` completions each, scored."""
+    """One round: ``batch_size`` prompts from the stream, ``group_size`` episodes each,
+    played and scored by the environment."""
 
-    def __init__(self, stream: PromptStream, encode: Callable[[tuple[Message, ...]], list[int]], engine: Engine,
-                 reward: Reward, settings: SamplingSettings) -> None:
+    def __init__(self, stream: PromptStream, environment: Environment, engine: Engine, encode: Encoder,
+                 settings: SamplingSettings) -> None:
         self.stream = stream
-        self.encode = encode
+        self.environment = environment
         self.engine = engine
-        self.reward = reward
+        self.encode = encode
         self.settings = settings
 
     def collect(self, step: int) -> Collected:
         return self.sample_and_score(self.stream.next_batch(self.settings.batch_size))
 
     def sample_and_score(self, examples: list[Example]) -> Collected:
-        settings = self.settings
-        start = time.perf_counter()
-        samples = self.engine.generate([self.encode(example.messages) for example in examples], settings.params)
-        sampled = time.perf_counter()
-        rewards_N = np.asarray(self.reward.score(samples.texts, examples), dtype=np.float64)
-        scored = time.perf_counter()
-        timings = {"sample_time_s": sampled - start, "reward_time_s": scored - sampled}
-        return Collected(examples, samples, rewards_N.reshape(len(examples), settings.group_size), timings,
+        scored = self.environment.rollout(examples, self.engine, self.encode, self.settings.params)
+        rewards_P_G = np.asarray(scored.rewards_N, dtype=np.float64).reshape(len(examples), self.settings.group_size)
+        return Collected(examples, scored.samples, rewards_P_G, dict(scored.timings),
                          {"refill_rounds": 0.0, "refill_prompts": 0.0})
 
     def state_dict(self) -> dict[str, int]:
@@ -80,9 +75,9 @@ def informative_groups(rewards_P_G: np.ndarray) -> np.ndarray:
 class RefillingCollector(GroupCollector):
     """Dynamic sampling: top the batch up with informative groups from extra prompts."""
 
-    def __init__(self, stream: PromptStream, encode: Callable[[tuple[Message, ...]], list[int]], engine: Engine,
-                 reward: Reward, settings: SamplingSettings, max_rounds: int) -> None:
-        super().__init__(stream, encode, engine, reward, settings)
+    def __init__(self, stream: PromptStream, environment: Environment, engine: Engine, encode: Encoder,
+                 settings: SamplingSettings, max_rounds: int) -> None:
+        super().__init__(stream, environment, engine, encode, settings)
         self.max_rounds = max_rounds
 
     def collect(self, step: int) -> Collected:

@@ -3,9 +3,10 @@ protocols of the components that produce and consume it. This is the map of the 
 
 One step (DESIGN §2)::
 
-    Example ─ Backend.encode_prompt ─▶ prompt token ids
-            ─ Engine.generate       ─▶ SampleBatch (trajectories with a loss mask)
-            ─ Reward.score          ─▶ rewards_P_G                 } Collector.collect ─▶ Collected
+    Example ─ Environment.rollout ─▶ Scored                  (Collector.collect ─▶ Collected)
+                  Backend.encode_prompt ─▶ prompt token ids
+                  Engine.generate       ─▶ SampleBatch (trajectories with a loss mask)
+                  Reward.score          ─▶ one reward per trajectory
             ─ PlanningDetector.detect ─▶ planning_N_T
             ─ credit pipeline       ─▶ CreditResult (token advantages)
             ─ Backend.train_step    ─▶ TrainResult
@@ -18,16 +19,18 @@ trajectories in prompt-major order (row ``p * G + g`` is trajectory ``g`` of pro
 Only numpy crosses stage boundaries, so the credit-assignment code never needs torch, and
 nothing here imports it: a component's capabilities can be read without loading a model.
 
-Components are classes constructed with the whole ``Config``. Backends and engines also
-declare, as a classmethod, what they can do for a given config (``capabilities``); the
-run plan checks those declarations against each other before anything is built, and may
-ask a component for its own configuration problems (``config_issues``, optional).
+Components are classes constructed with the whole ``Config``. An ``Environment`` (a
+``[data]`` source and a ``[reward]`` by default) supplies the prompts and plays the
+rollouts. Backends and engines also declare, as a classmethod, what they can do for a
+given config (``capabilities``); the run plan checks those declarations against each
+other before anything is built, and may ask any component class for its own
+configuration problems (``config_issues``, optional).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -43,6 +46,8 @@ if TYPE_CHECKING:
 
 # A chat message as a tokenizer's chat template takes it: {"role": ..., "content": ...}.
 Message = dict[str, str]
+# Chat messages to the token ids the policy samples after (``Backend.encode_prompt``).
+Encoder = Callable[[tuple[Message, ...]], list[int]]
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,16 @@ class SampleBatch:
     def sampled_lengths_N(self) -> np.ndarray:
         """Sampled tokens per row."""
         return np.asarray(self.loss_mask_N_T, dtype=bool).sum(axis=1)
+
+
+@dataclass
+class Scored:
+    """One round of rollouts: the trajectories, one reward per trajectory, and where the
+    time went (``sample_time_s``, ``reward_time_s``, ...)."""
+
+    samples: SampleBatch
+    rewards_N: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -367,6 +382,24 @@ class PlanningDetector(Protocol):
     """Marks planning tokens: bool ``[N, T']`` from each text and its tokens' spans."""
 
     def detect(self, texts: list[str], token_char_spans: list[list[tuple[int, int]]] | None) -> np.ndarray: ...
+
+
+class Environment(Protocol):
+    """Where prompts come from and how they become scored trajectories.
+
+    ``examples`` lists the environment's prompts (the run shuffles them); ``rollout``
+    plays the episodes of a round: ``params.n`` per example, in prompt-major order, with
+    the model's turns sampled by ``engine`` from prompts encoded by ``encode`` (the
+    backend's chat format) and, in a multi-turn environment, the environment's turns
+    between them (False in ``loss_mask_N_T``). Without an ``[environment]`` the run uses
+    the single-turn environment made of ``[data]`` and ``[reward]``.
+    """
+
+    def __init__(self, config: Config) -> None: ...
+
+    def examples(self) -> Sequence[Example]: ...
+
+    def rollout(self, examples: list[Example], engine: Engine, encode: Encoder, params: SamplingParams) -> Scored: ...
 
 
 class Collector(Protocol):

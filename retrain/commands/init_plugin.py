@@ -60,6 +60,7 @@ CONFIG_LINES: dict[str, str] = {
     "planning": '[planning]\ndetector = "$dotted"',
     "engine": '[inference]\nengine = "$dotted"',
     "backend": '[backend]\nbackend = "$dotted"',
+    "environment": '[environment]\nprovider = "$dotted"',
 }
 
 

@@ -240,8 +240,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class EnvironmentConfig:
-    provider: str = setting("", "Environment provider: {choices}; empty = prompts from [data]",
-                            choices=("", "verifiers"))
+    provider: str = setting("", "Environment provider: {choices}; empty = prompts from [data], scored by [reward]",
+                            plugin_kind="environment")
     id: str = setting("", "Environment id, e.g. primeintellect/gsm8k")
     args: dict[str, TomlValue] = setting({}, "Environment keyword arguments: a TOML table or a JSON object string")
     max_turns: int = setting(-1, "Cap on turns for multi-turn environments; -1 = the environment's default", ge=-1, le=100_000)

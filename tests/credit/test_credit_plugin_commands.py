@@ -92,6 +92,7 @@ CONFIG_LINES = {
     "planning": '[planning]\ndetector = "{dotted}"\n',
     "engine": '[inference]\nengine = "{dotted}"\n',
     "backend": '[backend]\nbackend = "{dotted}"\n',
+    "environment": '[environment]\nprovider = "{dotted}"\n',
 }
 
 
@@ -112,6 +113,9 @@ def exercise_from_config(kind: str, config_path: Path) -> None:
         detector = resolve("planning", config.planning.detector, config.plugins, base).obj(config)
         marked = detector.detect(["Why? ok"], [[(0, 4), (5, 7)]])
         assert marked.tolist() == [[True, False]]
+    elif kind == "environment":
+        environment = resolve("environment", config.environment.provider, config.plugins, base).obj(config)
+        assert len(environment.examples()) == 100
     elif kind == "engine":
         engine = resolve("engine", config.inference.engine, config.plugins, base).obj(config)
         assert len(engine.generate([[1]], SamplingParams(n=2, max_tokens=4)).texts) == 2

@@ -199,3 +199,34 @@ def test_split_mode_publishes_only_to_the_in_process_engine(tmp_path):
     with pytest.raises(ConfigError, match="engine 'spine_fakes.FakeEngine' loads remote but backend 'local' "
                                           "publishes in_process"):
         plan_run(resolve_config(path, environ={}))
+
+
+def test_dynamic_sampling_refills_the_batch_with_informative_groups(tmp_path):
+    config_path = fake_config(tmp_path)
+    config_path.write_text(config_path.read_text().replace(
+        "save_every = 0", "save_every = 0\ndynamic_sampling = true\ndynamic_sampling_max_rounds = 3"))
+    plan = plan_run(resolve_config(config_path, environ={}))
+    run = build_run(plan)
+    start(run, None, plan)
+    drawn = 0
+    try:
+        for step in range(1, 7):
+            before = len(spine_fakes.SAMPLED)
+            collected = run.collector.collect(step)
+            rounds = collected.counts["refill_rounds"]
+            # One engine call per round; each extra round asks only for the groups still missing.
+            assert len(spine_fakes.SAMPLED) - before == 1 + rounds
+            asked = [entry["prompts"] for entry in spine_fakes.SAMPLED[before:]]
+            assert asked[0] == 4 and all(later <= 4 for later in asked[1:])
+            assert collected.counts["refill_prompts"] == sum(asked[1:])
+            drawn += sum(asked)
+            informative = collected.rewards_P_G.max(axis=1) > collected.rewards_P_G.min(axis=1)
+            # The first round's groups are all kept; a refill keeps only informative groups.
+            assert len(collected.examples) == 4 + int(informative[4:].sum())
+            assert informative[4:].all()
+            assert collected.samples.num_prompts == len(collected.examples)
+        # The cursor moved by every prompt drawn, refills included (16 prompts per epoch).
+        cursor = run.collector.state_dict()
+        assert cursor["epoch"] * 16 + cursor["position"] == drawn > 24
+    finally:
+        run.close()
