@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retrain.config.loader import ResolvedConfig, replace_setting
-from retrain.config.rules import not_in_this_version
 from retrain.config.schema import ALL_FIELDS, Config
 from retrain.credit import CreditPipeline, build_credit_pipeline
 from retrain.errors import ConfigError, ConfigIssue, PluginError
@@ -184,9 +183,6 @@ class _Planner:
 
 def plan_run(resolved: ResolvedConfig) -> RunPlan:
     """Resolve and check everything a run needs, loading no model and touching no server."""
-    unavailable = not_in_this_version(resolved.config, resolved.sources)
-    if unavailable:
-        raise ConfigError(unavailable)
     planner = _Planner(resolved)
     config = planner.config
     backend = planner.resolve("backend", config.backend.backend)

@@ -117,7 +117,9 @@ def parse_run_args(argv: list[str], command_options: dict[str, bool]) -> RunArgs
             continue
         spec = FLAGS.get(name)
         if spec is None:
-            raise UsageError(f"unknown flag {name}: {did_you_mean(name, list(FLAGS) + list(command_options), 'run `retrain --help` to list the flags')}")
+            # The kebab-case spelling of a setting is offered before its --section.key form.
+            known = [*sorted(FLAGS, key=lambda flag: "." in flag), *command_options]
+            raise UsageError(f"unknown flag {name}: {did_you_mean(name, known, 'run `retrain --help` to list the flags')}")
         if spec.type is bool and not has_inline and (index >= len(argv) or argv[index].lower() not in _BOOL_WORDS):
             value = "true"
         else:

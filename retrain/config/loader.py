@@ -10,7 +10,6 @@ CLI overrides. Every problem in every layer is collected and raised together as 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -20,25 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retrain.config import rules
-from retrain.config.schema import (
-    ALL_FIELDS,
-    BACKEND_OPTIONS,
-    LEGACY_BACKEND_KEYS,
-    SECTION_FIELDS,
-    SECTIONS,
-    CampaignCondition,
-    Config,
-    FieldSpec,
-    fields_of,
-)
-from retrain.config.toml_text import TOMLLIB_REDEFINED, first_redefinition, key_lines, line_of
-from retrain.config.values import (
-    check_value,
-    did_you_mean,
-    normalize,
-    parse_text_value,
-    toml_type_name,
-)
+from retrain.config.checker import INVALID, Checker
+from retrain.config.schema import ALL_FIELDS, LEGACY_BACKEND_KEYS, SECTION_FIELDS, SECTIONS, Config
+from retrain.config.toml_text import TOMLLIB_REDEFINED, first_redefinition, key_lines
+from retrain.config.values import did_you_mean, parse_text_value, toml_type_name
 from retrain.errors import ConfigError, ConfigIssue
 
 logger = logging.getLogger(__name__)
@@ -72,11 +56,16 @@ def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: Sequence[Override] = (),
     environ: Mapping[str, str] | None = None,
+    *,
+    refuse_unavailable: bool = True,
 ) -> Config:
     """Load, overlay and validate a config; raise ``ConfigError`` listing every problem.
 
-    Warnings (valid settings that have no effect) are logged."""
-    resolved = resolve_config(path, overrides, environ)
+    Settings for a feature this version cannot run (``rules.not_in_this_version``) are
+    problems too, unless ``refuse_unavailable`` is false: tools that only read a config,
+    such as a check of migrated values, accept them. Warnings (valid settings that have
+    no effect) are logged."""
+    resolved = resolve_config(path, overrides, environ, refuse_unavailable=refuse_unavailable)
     for warning in resolved.warnings:
         logger.warning("%s", warning)
     return resolved.config
@@ -86,6 +75,8 @@ def resolve_config(
     path: str | os.PathLike[str] | None = None,
     overrides: Sequence[Override] = (),
     environ: Mapping[str, str] | None = None,
+    *,
+    refuse_unavailable: bool = True,
 ) -> ResolvedConfig:
     """Like ``load_config`` but also report where each explicitly set value came from."""
     file_path = Path(path) if path is not None else None
@@ -99,7 +90,7 @@ def resolve_config(
     builder.take_file(data)
     builder.take_environment(os.environ if environ is None else environ)
     builder.take_overrides(overrides)
-    config = builder.build()
+    config = builder.build(refuse_unavailable)
     return ResolvedConfig(config=config, path=file_path, sources=builder.sources, warnings=builder.warnings)
 
 
@@ -166,28 +157,8 @@ def read_toml(path: Path) -> tuple[dict[str, object], dict[tuple[object, ...], i
 # Building a Config from layered raw values
 
 
-class _Builder:
+class _Builder(Checker):
     """Collects raw values per setting with their origin, then validates them all."""
-
-    def __init__(self, label: str, lines: dict[tuple[object, ...], int]) -> None:
-        self.label = label
-        self.lines = lines
-        self.issues: list[ConfigIssue] = []
-        self.warnings: list[ConfigIssue] = []
-        # section -> key -> (value, where); later layers replace earlier ones.
-        self.values: dict[str, dict[str, tuple[object, str]]] = {name: {} for name in SECTIONS}
-        self.sources: dict[tuple[str, str], str] = {}
-        # Where single entries of a table setting were given (--backend-opt k=v etc.).
-        self.entry_where: dict[tuple[str, str, str], str] = {}
-
-    def where(self, *path: object) -> str:
-        line = line_of(self.lines, tuple(path))
-        if not self.label:
-            return ""
-        return f"{self.label}:{line}" if line is not None else self.label
-
-    def problem(self, where: str, section: str, key: str, problem: str, fix: str = "") -> None:
-        self.issues.append(ConfigIssue(where, section, key, problem, fix))
 
     # -- layer 1: the file ----------------------------------------------------------
 
@@ -309,7 +280,7 @@ class _Builder:
 
     # -- validation -----------------------------------------------------------------
 
-    def build(self) -> Config:
+    def build(self, refuse_unavailable: bool = True) -> Config:
         """The config, or a ``ConfigError`` with every problem: values, then the cross-field
         rules and unavailable features, judged on the valid values (others at their defaults)."""
         sections: dict[str, object] = {}
@@ -322,145 +293,21 @@ class _Builder:
                 value, where = self.values[section][spec.toml_key]
                 self.sources[(section, spec.toml_key)] = where
                 known = len(self.issues)
-                checked = self._check(spec, value, where, (section, spec.toml_key))
-                if checked is not _INVALID:
+                checked = self.check_setting(spec, value, where)
+                if checked is not INVALID:
                     kwargs[spec.name] = checked
                 if len(self.issues) > known:
                     invalid.add((section, spec.toml_key))
             sections[section] = cls(**kwargs)
         config = Config(**sections)  # type: ignore[arg-type]
         self.issues.extend(rules.check(config, self.sources, frozenset(invalid)))
-        self.issues.extend(rules.not_in_this_version(config, self.sources, frozenset(invalid)))
+        if refuse_unavailable:
+            self.issues.extend(rules.not_in_this_version(config, self.sources, frozenset(invalid)))
         if self.issues:
             raise ConfigError(sorted(self.issues, key=_issue_order))
         self.warnings.extend(rules.no_effect(config, self.sources))
         return config
 
-    def _check(self, spec: FieldSpec, value: object, where: str, path: tuple[object, ...]) -> object:
-        section, key = spec.section, spec.toml_key
-        if spec.section == "backend" and spec.name == "options":
-            return self._check_backend_options(value, where)
-        if spec.section == "environment" and spec.name == "args":
-            return self._check_environment_args(value, where)
-        if spec.section == "campaign" and spec.name == "conditions":
-            return self._check_conditions(value, where)
-        problems = check_value(spec, value)
-        for problem, fix in problems:
-            self.problem(where, section, key, problem, fix)
-        return _INVALID if problems else normalize(spec, value)
-
-    def _check_backend_options(self, value: object, where: str) -> object:
-        if not isinstance(value, dict):
-            self.problem(where, "backend", "options", f"must be a table, got {toml_type_name(value)}",
-                         "write it as a [backend.options] section")
-            return _INVALID
-        backend_value = self.values["backend"].get("backend", ("local", ""))[0]
-        options_type = BACKEND_OPTIONS.get(backend_value) if isinstance(backend_value, str) else None
-        if options_type is None:
-            return dict(value)  # a plugin backend checks its own options
-        specs = {spec.toml_key: spec for spec in fields_of(options_type, "backend.options")}
-        result = {}
-        for key, item in value.items():
-            item_where = self.entry_where.get(("backend", "options", key)) or self.where("backend", "options", key) or where
-            self.sources[("backend.options", key)] = item_where
-            spec = specs.get(key)
-            owner = _other_backend_with_option(backend_value, key)
-            if spec is None and owner is not None:
-                self.warnings.append(ConfigIssue(
-                    item_where, "backend.options", key,
-                    f"is an option of backend \"{owner}\" and has no effect with backend \"{backend_value}\"",
-                    "remove it, or keep it only in configs for that backend"))
-                continue
-            if spec is None:
-                fix = did_you_mean(key, specs, f"backend \"{backend_value}\" takes: {', '.join(specs) or 'no options'}")
-                self.problem(item_where, "backend.options", key, f"not an option of backend \"{backend_value}\"", fix)
-                continue
-            problems = check_value(spec, item)
-            for problem, fix in problems:
-                self.problem(item_where, "backend.options", key, problem, fix)
-            if not problems:
-                result[key] = normalize(spec, item)
-        return result
-
-    def _check_environment_args(self, value: object, where: str) -> object:
-        if isinstance(value, str):
-            if not value.strip():
-                return {}
-            try:
-                parsed = json.loads(value)
-            except json.JSONDecodeError as exc:
-                self.problem(where, "environment", "args", f"not valid JSON ({exc.msg} at column {exc.colno})",
-                             "write a TOML table instead: args = { split = \"train\" }")
-                return _INVALID
-            if not isinstance(parsed, dict):
-                self.problem(where, "environment", "args", "the JSON string must hold an object",
-                             "write a TOML table instead: args = { split = \"train\" }")
-                return _INVALID
-            return parsed
-        if not isinstance(value, dict):
-            self.problem(where, "environment", "args", f"must be a table or a JSON object string, got {toml_type_name(value)}",
-                         "write args = { key = value }")
-            return _INVALID
-        return dict(value)
-
-    def _check_conditions(self, value: object, where: str) -> object:
-        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-            self.problem(where, "campaign", "conditions", "must be an array of tables",
-                         "write each condition as a [[campaign.conditions]] section")
-            return _INVALID
-        specs = {spec.toml_key: spec for spec in fields_of(CampaignCondition, "campaign.conditions")}
-        conditions = []
-        for index, table in enumerate(value):
-            kwargs = {}
-            for key, item in table.items():
-                item_where = self.where("campaign", "conditions", index, key) or where
-                spec = specs.get(key)
-                if spec is None:
-                    self.problem(item_where, f"campaign.conditions[{index}]", key, "unknown key",
-                                 did_you_mean(key, specs, "use overrides = { \"section.key\" = value } for other settings"))
-                    continue
-                if key == "overrides":
-                    checked = self._check_condition_overrides(item, item_where, index)
-                else:
-                    problems = check_value(spec, item)
-                    for problem, fix in problems:
-                        self.problem(item_where, f"campaign.conditions[{index}]", key, problem, fix)
-                    checked = _INVALID if problems else normalize(spec, item)
-                if checked is not _INVALID:
-                    kwargs[spec.name] = checked
-            conditions.append(CampaignCondition(**kwargs))
-        return conditions
-
-    def _check_condition_overrides(self, value: object, where: str, index: int) -> object:
-        if not isinstance(value, dict):
-            self.problem(where, f"campaign.conditions[{index}]", "overrides", "must be a table",
-                         "write overrides = { \"training.lr\" = 1e-4 }")
-            return _INVALID
-        by_dotted = {spec.dotted: spec for spec in ALL_FIELDS}
-        result = {}
-        for name, item in _flatten(value).items():
-            spec = by_dotted.get(name)
-            if spec is None or spec.section == "campaign":
-                self.problem(where, f"campaign.conditions[{index}].overrides", name, "unknown setting",
-                             did_you_mean(name, [d for d in by_dotted if not d.startswith("campaign.")],
-                                           "name settings as \"section.key\""))
-                continue
-            problems = check_value(spec, item)
-            for problem, fix in problems:
-                self.problem(where, f"campaign.conditions[{index}].overrides", name, problem, fix)
-            if not problems:
-                result[name] = normalize(spec, item)
-        return result
-
-
-_INVALID = object()
-
-
-def _other_backend_with_option(backend: str, key: str) -> str | None:
-    for name, options_type in BACKEND_OPTIONS.items():
-        if name != backend and key in {spec.toml_key for spec in fields_of(options_type, "backend.options")}:
-            return name
-    return None
 
 
 def _issue_order(issue: ConfigIssue) -> tuple[int, int]:
@@ -468,18 +315,6 @@ def _issue_order(issue: ConfigIssue) -> tuple[int, int]:
     layer = 2 if issue.where.startswith("CLI") else 1 if issue.where.startswith("env") else 0
     _, _, line = issue.where.rpartition(":")
     return (layer, int(line) if line.isdigit() else 0)
-
-
-def _flatten(table: dict[str, object], prefix: str = "") -> dict[str, object]:
-    """{"training": {"lr": 1}} and {"training.lr": 1} both become {"training.lr": 1}."""
-    flat: dict[str, object] = {}
-    for key, value in table.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and "." not in key and name in SECTIONS:
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _section_of_key(key: str) -> str | None:

@@ -1,8 +1,9 @@
 """Cross-field rules: combinations of individually valid settings that cannot work.
 
-Each rule returns the issues it finds; ``check`` runs them all. Rules only look at the
-config (no model, no network), so ``retrain explain`` reports everything a run would
-reject at startup.
+Each rule returns the issues it finds; ``check`` runs them all, and ``not_in_this_version``
+runs those refusing features this version cannot run. Rules only look at the config (no
+model, no network), so the loader runs them with its own checks and ``retrain explain``
+reports everything a run would reject at startup in one report.
 """
 
 from __future__ import annotations
@@ -30,16 +31,15 @@ def _issue(sources: Sources, section: str, key: str, problem: str, fix: str) -> 
 
 
 def _environment(config: Config, sources: Sources) -> list[ConfigIssue]:
+    """The [environment] settings other than provider are read by the environment it names."""
     env = config.environment
-    if env.provider and not env.id:
-        return [_issue(sources, "environment", "id", f"provider = \"{env.provider}\" needs an environment id",
-                       "set id, e.g. id = \"primeintellect/gsm8k\"")]
-    if not env.provider:
-        default = type(env)()
-        unused = [key for key in ("id", "args", "max_turns", "auto_install") if getattr(env, key) != getattr(default, key)]
-        if unused:
-            return [_issue(sources, "environment", unused[0], "is only used when an environment provider is set",
-                           "set provider = \"verifiers\" or remove it")]
+    if env.provider:
+        return []
+    default = type(env)()
+    unused = [key for key in ("id", "args", "max_turns", "auto_install") if getattr(env, key) != getattr(default, key)]
+    if unused:
+        return [_issue(sources, "environment", unused[0], "is only used when an environment provider is set",
+                       "set provider (a built-in or a dotted path to an environment plugin) or remove it")]
     return []
 
 
@@ -168,9 +168,12 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def _first_set_key(section: object) -> str:
+def _first_set_key(section: object) -> str | None:
+    """The first setting of ``section`` that differs from its default, reading no further
+    (so a rejected value later in the section does not silence the verdict)."""
     default = type(section)()
-    return next(f.name for f in dataclasses.fields(section) if getattr(section, f.name) != getattr(default, f.name))
+    return next((f.name for f in dataclasses.fields(section) if getattr(section, f.name) != getattr(default, f.name)),
+                None)
 
 
 def _shipped(target: str) -> bool:
@@ -179,9 +182,10 @@ def _shipped(target: str) -> bool:
 
 
 def _campaign_unavailable(config: Config, sources: Sources) -> list[ConfigIssue]:
-    if config.campaign == type(config.campaign)():
+    key = _first_set_key(config.campaign)
+    if key is None:
         return []
-    return [_issue(sources, "campaign", _first_set_key(config.campaign),
+    return [_issue(sources, "campaign", key,
                    "campaigns (conditions x seeds) are not part of this version of retrain",
                    "run each condition as its own config, or remove [campaign]")]
 
@@ -195,13 +199,14 @@ def _backpressure_unavailable(config: Config, sources: Sources) -> list[ConfigIs
 
 
 def _squeeze_unavailable(config: Config, sources: Sources) -> list[ConfigIssue]:
-    if config.squeeze == type(config.squeeze)():
+    key = _first_set_key(config.squeeze)
+    if key is None:
         return []
-    return [_issue(sources, "squeeze", _first_set_key(config.squeeze),
+    return [_issue(sources, "squeeze", key,
                    "LoRA-Squeeze rank analysis is not part of this version of retrain", "remove the [squeeze] section")]
 
 
-def _unshipped_component(kind: str, section: str, key: str) -> Rule:
+def _unshipped_component(kind: str, section: str, key: str, otherwise: str = "") -> Rule:
     """A rule refusing a built-in ``kind`` whose module this version does not ship."""
     builtins = registry_names.BUILTINS[kind]
 
@@ -210,18 +215,11 @@ def _unshipped_component(kind: str, section: str, key: str) -> Rule:
         if name not in builtins or _shipped(builtins[name]):
             return []
         available = [other for other, target in builtins.items() if _shipped(target)]
+        shipped = f"one that is ({', '.join(available)}) or " if available else ""
         return [_issue(sources, section, key, f"the {kind} '{name}' is not part of this version of retrain",
-                       f"choose one that is ({', '.join(available)}) or a dotted-path plugin")]
+                       f"choose {shipped}a dotted-path plugin{otherwise}")]
 
     return rule
-
-
-def _provider_unavailable(config: Config, sources: Sources) -> list[ConfigIssue]:
-    if not config.environment.provider:
-        return []
-    return [_issue(sources, "environment", "provider",
-                   f"the '{config.environment.provider}' environment provider is not part of this version of retrain",
-                   "remove [environment] and take prompts from [data] (arithmetic, math, jsonl or a plugin)")]
 
 
 UNAVAILABLE: tuple[Rule, ...] = (
@@ -230,7 +228,7 @@ UNAVAILABLE: tuple[Rule, ...] = (
     _squeeze_unavailable,
     _unshipped_component("backend", "backend", "backend"),
     _unshipped_component("engine", "inference", "engine"),
-    _provider_unavailable,
+    _unshipped_component("environment", "environment", "provider", ", or remove provider to take prompts from [data]"),
 )
 
 
@@ -265,13 +263,17 @@ def _watching_reads(rule: Rule, config: Config, sources: Sources) -> tuple[list[
     """Run ``rule`` on a copy of ``config`` whose sections note each setting the rule reads."""
     read: set[tuple[str, str]] = set()
     watched = {name: _watched_copy(getattr(config, name), name, read) for name in SECTION_FIELDS}
-    return rule(dataclasses.replace(config, **watched), sources), read
+    return rule(dataclasses.replace(config, **watched), sources), read  # type: ignore[arg-type]
 
 
 _WATCHED_TYPES: dict[type, type] = {}
 
 
 def _watched_copy(section: object, name: str, read: set[tuple[str, str]]) -> object:
+    """A copy of one section that adds (section, key) to ``read`` for every setting read.
+
+    Its class is a subclass of the section's, made once, so a rule comparing it with a
+    default built as ``type(section)()`` compares like with like."""
     cls = type(section)
     if cls not in _WATCHED_TYPES:
         keys = {spec.name: spec.toml_key for spec in SECTION_FIELDS[name]}
@@ -283,7 +285,7 @@ def _watched_copy(section: object, name: str, read: set[tuple[str, str]]) -> obj
             return object.__getattribute__(self, attribute)
 
         _WATCHED_TYPES[cls] = type(cls.__name__, (cls,), {"__getattribute__": __getattribute__})
-    copy = object.__new__(_WATCHED_TYPES[cls])
+    copy: object = object.__new__(_WATCHED_TYPES[cls])
     copy.__dict__.update(vars(section), _read_log=read)
     return copy
 

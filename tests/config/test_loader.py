@@ -37,9 +37,10 @@ def write(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
     return path
 
 
-def load_with_flags(path: Path, *flags: str, environ: dict[str, str] | None = None) -> Config:
+def load_with_flags(path: Path, *flags: str, environ: dict[str, str] | None = None,
+                    refuse_unavailable: bool = True) -> Config:
     args = parse_run_args([str(path), *flags], {})
-    return load_config(args.config, args.overrides, environ=environ or {})
+    return load_config(args.config, args.overrides, environ=environ or {}, refuse_unavailable=refuse_unavailable)
 
 
 # -- shipped configs -------------------------------------------------------------------
@@ -141,10 +142,16 @@ def test_every_setting_has_a_dotted_and_a_prefixed_flag() -> None:
         assert FLAGS[f"--{spec.section}-{spec.toml_key}".replace("_", "-")] is spec
 
 
+# Tests of how values are read use settings of every section, including those for features
+# this version cannot run (LoRA-Squeeze, other backends, environment providers), so they
+# load with refuse_unavailable=False.
+
+
 def test_string_settings_need_no_quotes_and_values_are_toml_literals(tmp_path: Path) -> None:
     path = write(tmp_path, "[training]\nseed = 1\n")
     config = load_with_flags(path, "--devices", "cpu", "--wandb-tags", "a,b", "--strict", "false",
-                             "--search-paths", "plugins,more", "--target-ranks", "[4, 8]", "--model", "\"quoted/name\"")
+                             "--search-paths", "plugins,more", "--target-ranks", "[4, 8]", "--model", "\"quoted/name\"",
+                             refuse_unavailable=False)
     assert config.backend.devices == "cpu" and config.logging.wandb_tags == "a,b"
     assert config.plugins.strict is False and config.plugins.search_paths == ["plugins", "more"]
     assert config.squeeze.target_ranks == [4, 8] and config.model.model == "quoted/name"
@@ -160,7 +167,7 @@ def test_table_flags_fill_plugin_and_backend_tables(tmp_path: Path) -> None:
     path = write(tmp_path, '[backend]\nbackend = "prime_rl"\n[backend.options]\ntransport = "zmq"\n'
                            '[inference]\nengine = "vllm"\nurl = "http://127.0.0.1:8000"\n')
     config = load_with_flags(path, "--backend-opt", "zmq_port=6000", "--advantage-param", "scale=2.0",
-                             "--transform-param", "cap=0.1", "--transform-param", "name=abc")
+                             "--transform-param", "cap=0.1", "--transform-param", "name=abc", refuse_unavailable=False)
     assert config.backend.options["transport"] == "zmq" and config.backend.options["zmq_port"] == 6000
     assert config.algorithm.advantage_params == {"scale": 2.0}
     assert config.algorithm.transform_params == {"cap": 0.1, "name": "abc"}
@@ -169,7 +176,7 @@ def test_table_flags_fill_plugin_and_backend_tables(tmp_path: Path) -> None:
 def test_environment_variables_set_any_setting_and_nested_tables(tmp_path: Path) -> None:
     path = write(tmp_path, '[backend]\nbackend = "prime_rl"\n[inference]\nengine = "vllm"\nurl = "http://h"\n')
     config = load_config(path, environ={"RETRAIN_BACKEND__OPTIONS__SYNC_WAIT_S": "5", "RETRAIN_MODEL__MODEL": "a/b",
-                                        "RETRAIN_DEBUG": "1", "UNRELATED__X": "1"})
+                                        "RETRAIN_DEBUG": "1", "UNRELATED__X": "1"}, refuse_unavailable=False)
     assert config.backend.options["sync_wait_s"] == 5.0 and config.model.model == "a/b"
 
 
@@ -232,7 +239,7 @@ def test_entropy_mask_rho_is_accepted_as_the_older_name(tmp_path: Path) -> None:
 
 def test_environment_args_accept_a_json_string(tmp_path: Path) -> None:
     path = write(tmp_path, '[environment]\nprovider = "verifiers"\nid = "x"\nargs = \'{"split": "train", "n": 2}\'\n')
-    assert load_config(path, environ={}).environment.args == {"split": "train", "n": 2}
+    assert load_config(path, environ={}, refuse_unavailable=False).environment.args == {"split": "train", "n": 2}
 
 
 def test_missing_default_config_suggests_init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -250,11 +257,11 @@ def test_missing_default_config_suggests_init(tmp_path: Path, capsys: pytest.Cap
 def test_snapshot_redacts_secrets(tmp_path: Path) -> None:
     path = write(tmp_path, '[backend]\nbackend = "tinker"\n[backend.options]\napi_key = "sk-123"\n'
                            '[model]\nbase_url = "https://t"\n[algorithm.transform_params]\nauth_token = "t0k"\nkeep = "v"\n')
-    config = load_config(path, environ={})
+    config = load_config(path, environ={}, refuse_unavailable=False)
     snapshot = write_snapshot(config, tmp_path / "out" / "config.toml")
     text = snapshot.read_text()
     assert "sk-123" not in text and "t0k" not in text and 'keep = "v"' in text
-    reloaded = load_config(snapshot, environ={})
+    reloaded = load_config(snapshot, environ={}, refuse_unavailable=False)
     assert reloaded.backend.options["api_key"] == "" and reloaded.model.base_url == "https://t"
 
 
@@ -318,13 +325,13 @@ def test_snapshot_loads_back_equal(tables: dict[str, dict[str, object]], tmp_pat
     path = tmp_path / "in.toml"
     path.write_text(tomli_w.dumps(tables))
     try:
-        config = load_config(path, environ={})
+        config = load_config(path, environ={}, refuse_unavailable=False)
     except ConfigError:
         assume(False)  # a combination the cross-field rules reject
         return
     snapshot = tmp_path / "snapshot.toml"
     write_snapshot(config, snapshot)
-    assert load_config(snapshot, environ={}) == config
+    assert load_config(snapshot, environ={}, refuse_unavailable=False) == config
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -335,7 +342,7 @@ def test_overrides_equal_to_the_file_change_nothing(tables: dict[str, dict[str, 
     path = tmp_path / "in.toml"
     path.write_text(tomli_w.dumps(tables))
     try:
-        config = load_config(path, environ={})
+        config = load_config(path, environ={}, refuse_unavailable=False)
     except ConfigError:
         assume(False)
         return
@@ -343,7 +350,7 @@ def test_overrides_equal_to_the_file_change_nothing(tables: dict[str, dict[str, 
     for section, table in tables.items():
         for key, value in table.items():
             flags += [f"--{section}.{key}", tomli_w.dumps({"v": value}).partition("=")[2].strip()]
-    assert load_with_flags(path, *flags) == config
+    assert load_with_flags(path, *flags, refuse_unavailable=False) == config
 
 
 def test_snapshot_spells_out_every_setting() -> None:
@@ -366,7 +373,7 @@ def test_snapshot_is_valid_toml_with_a_header() -> None:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO)) for p in SHIPPED])
 def test_shipped_configs_set_nothing_without_effect(path: Path) -> None:
-    resolved = resolve_config(path, environ={})
+    resolved = resolve_config(path, environ={}, refuse_unavailable=False)
     assert not [w for w in resolved.warnings if "has no effect" in w.problem and w.section != "backend.options"]
 
 
