@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from retrain.config.schema import Config
-from retrain.types import (
+from retrain.plugin_api import (
     BackendCapabilities,
+    Config,
     EngineCapabilities,
     Example,
     PolicyKind,

@@ -24,7 +24,8 @@ from retrain.types import PolicyKind, PolicyRef
 HERE = Path(__file__).resolve().parent
 
 
-def fake_config(tmp_path: Path, extra: str = "", engine: str = "FakeEngine") -> Path:
+def fake_config(tmp_path: Path, extra: str = "", engine: str = "FakeEngine", training: str = "") -> Path:
+    """A config of the in-memory components; ``training`` adds lines to [training]."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "fake.toml"
     path.write_text(f"""
@@ -51,6 +52,7 @@ temperature = 1.0
 lr = 0.5
 max_steps = 6
 save_every = 0
+{training}
 [logging]
 log_dir = "{tmp_path / 'logs'}"
 generations_per_step = 0
@@ -61,8 +63,8 @@ search_paths = ["{HERE}"]
     return path
 
 
-def built(tmp_path: Path, extra: str = "", engine: str = "FakeEngine") -> Run:
-    plan = plan_run(resolve_config(fake_config(tmp_path, extra, engine), environ={}))
+def built(tmp_path: Path, extra: str = "", engine: str = "FakeEngine", training: str = "") -> Run:
+    plan = plan_run(resolve_config(fake_config(tmp_path, extra, engine, training), environ={}))
     run = build_run(plan)
     start(run, None, plan)
     return run
@@ -100,11 +102,7 @@ def test_environment_tokens_get_no_credit_and_no_loss(tmp_path):
 
 
 def test_sampling_ahead_overlaps_training_by_at_most_max_staleness(tmp_path):
-    config_path = fake_config(tmp_path)
-    config_path.write_text(config_path.read_text().replace("save_every = 0", "save_every = 0\nmax_staleness = 2"))
-    plan = plan_run(resolve_config(config_path, environ={}))
-    run = build_run(plan)
-    start(run, None, plan)
+    run = built(tmp_path, training="max_staleness = 2")
     try:
         assert isinstance(run.collector, LookaheadCollector)
         staleness = [rl_step(run, step).staleness for step in range(1, 7)]
@@ -116,11 +114,7 @@ def test_sampling_ahead_overlaps_training_by_at_most_max_staleness(tmp_path):
 
 
 def test_the_lookahead_cursor_never_includes_steps_still_in_flight(tmp_path):
-    config_path = fake_config(tmp_path)
-    config_path.write_text(config_path.read_text().replace("save_every = 0", "save_every = 0\nmax_staleness = 1"))
-    plan = plan_run(resolve_config(config_path, environ={}))
-    run = build_run(plan)
-    start(run, None, plan)
+    run = built(tmp_path, training="max_staleness = 1")
     gate = threading.Event()
     FakeEngine.gate = gate
     try:
@@ -202,12 +196,7 @@ def test_split_mode_publishes_only_to_the_in_process_engine(tmp_path):
 
 
 def test_dynamic_sampling_refills_the_batch_with_informative_groups(tmp_path):
-    config_path = fake_config(tmp_path)
-    config_path.write_text(config_path.read_text().replace(
-        "save_every = 0", "save_every = 0\ndynamic_sampling = true\ndynamic_sampling_max_rounds = 3"))
-    plan = plan_run(resolve_config(config_path, environ={}))
-    run = build_run(plan)
-    start(run, None, plan)
+    run = built(tmp_path, training="dynamic_sampling = true\ndynamic_sampling_max_rounds = 3")
     drawn = 0
     try:
         for step in range(1, 7):
