@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from retrain.config.loader import ResolvedConfig, replace_setting
 from retrain.config.schema import ALL_FIELDS, Config
@@ -45,6 +46,8 @@ from retrain.types import (
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -143,35 +146,28 @@ class _Planner:
         return plugin
 
     def declared(self, kind: str, plugin: ResolvedPlugin, expected: type) -> object | None:
-        """The plugin's ``capabilities(config)``, and its ``config_issues`` recorded."""
+        """The plugin's ``capabilities(config)`` (None when it has problems with the
+        config, which are recorded, or cannot say)."""
         section, key = COMPONENT_SETTINGS[kind]
-        who = f"{kind} '{plugin.name}' ({plugin.origin})"
-        try:
-            own = plugin.obj.config_issues(self.config) if hasattr(plugin.obj, "config_issues") else []
-            # Capabilities are declared for a config the component accepts.
-            capabilities = None if any(not issue.warning for issue in own) else plugin.obj.capabilities(self.config)
-        except Exception as exc:
-            if plugin.builtin:
-                raise  # a bug in retrain itself: keep its traceback
-            self.cause = self.cause or exc
-            self.issue(section, key, f"{who} raised {type(exc).__name__} while declaring its capabilities: {exc}",
-                       "fix the plugin (RETRAIN_DEBUG=1 shows where)")
+        if not self.own_issues(kind, plugin):
             return None
-        self.record(own)
+        # Capabilities are declared for a config the component accepts.
+        capabilities = self.ask(kind, plugin, "declaring its capabilities", lambda: plugin.obj.capabilities(self.config))
         if capabilities is not None and not isinstance(capabilities, expected):
-            self.issue(section, key, f"{who}: capabilities(config) returned {type(capabilities).__name__}, "
-                       f"not a {expected.__name__}", f"return retrain.types.{expected.__name__}(...)")
+            self.issue(section, key, f"{kind} '{plugin.name}' ({plugin.origin}): capabilities(config) returned "
+                       f"{type(capabilities).__name__}, not a {expected.__name__}",
+                       f"return retrain.types.{expected.__name__}(...)")
             return None
         return capabilities
 
-
-    def own_issues(self, plugin: ResolvedPlugin) -> None:
-        """Record what a component without capabilities reports about the config."""
-        if hasattr(plugin.obj, "config_issues"):
-            self.record(plugin.obj.config_issues(self.config))
-
-    def record(self, issues: list[ConfigIssue]) -> None:
-        """A component's own issues: errors for the report, warnings for the config."""
+    def own_issues(self, kind: str, plugin: ResolvedPlugin) -> bool:
+        """Record what the component reports about the config (``config_issues``, optional);
+        False when that includes an error."""
+        if not hasattr(plugin.obj, "config_issues"):
+            return True
+        issues = self.ask(kind, plugin, "checking the config", lambda: plugin.obj.config_issues(self.config))
+        if issues is None:
+            return False
         for problem in issues:
             where = self.resolved.sources.get((problem.section, problem.key), "")
             located = dataclasses.replace(problem, where=problem.where or where)
@@ -179,6 +175,35 @@ class _Planner:
                 self.resolved.warnings.append(located)
             elif located not in self.issues:
                 self.issues.append(located)
+        return not any(not problem.warning for problem in issues)
+
+    def ask(self, kind: str, plugin: ResolvedPlugin, doing: str, call: Callable[[], T]) -> T | None:
+        """``call()``; an exception inside a plugin is recorded as a problem naming it (a
+        built-in's is a bug in retrain and keeps its traceback)."""
+        try:
+            return call()
+        except Exception as exc:
+            if plugin.builtin:
+                raise
+            section, key = COMPONENT_SETTINGS[kind]
+            self.cause = self.cause or exc
+            self.issue(section, key, f"{kind} '{plugin.name}' ({plugin.origin}) raised {type(exc).__name__} while "
+                       f"{doing}: {exc}", "fix the plugin (RETRAIN_DEBUG=1 shows where)")
+            return None
+
+    def credit(self) -> CreditPipeline | None:
+        """The credit pipeline, probed with a synthetic batch; its problems recorded."""
+        try:
+            credit = build_credit_pipeline(self.config, self.base_dir)
+            credit.probe()
+        except ConfigError as exc:
+            self.issues.extend(exc.issues)
+            return None
+        except PluginError as exc:
+            self.cause = self.cause or exc
+            self.issues.append(ConfigIssue("", "algorithm", "", str(exc)))
+            return None
+        return credit
 
 
 def plan_run(resolved: ResolvedConfig) -> RunPlan:
@@ -188,17 +213,17 @@ def plan_run(resolved: ResolvedConfig) -> RunPlan:
     backend = planner.resolve("backend", config.backend.backend)
     engine = planner.resolve("engine", config.inference.engine)
     environment = plan_environment(planner)
-    credit = build_credit_pipeline(config, planner.base_dir)
-    credit.probe()
-    planning = planner.resolve("planning", config.planning.detector) if credit.needs_planning else None
+    credit = planner.credit()
+    needs_planning = credit is not None and credit.needs_planning
+    planning = planner.resolve("planning", config.planning.detector) if needs_planning else None
     backend_caps = planner.declared("backend", backend, BackendCapabilities) if backend else None
     engine_caps = planner.declared("engine", engine, EngineCapabilities) if engine else None
     publication = None
-    if isinstance(backend_caps, BackendCapabilities) and isinstance(engine_caps, EngineCapabilities):
+    if isinstance(backend_caps, BackendCapabilities) and isinstance(engine_caps, EngineCapabilities) and credit:
         assert backend is not None and engine is not None
         publication = check_pairing(planner, backend, backend_caps, engine, engine_caps, credit.needs_entropies)
-    planner.issues.extend(preflight_issues(config, credit.needs_planning, resolved.sources))
-    if planner.issues or publication is None or environment is None:
+    planner.issues.extend(preflight_issues(config, needs_planning, resolved.sources))
+    if planner.issues or publication is None or environment is None or credit is None:
         raise ConfigError(planner.issues) from planner.cause
     assert isinstance(backend_caps, BackendCapabilities) and isinstance(engine_caps, EngineCapabilities)
     assert backend is not None and engine is not None
@@ -217,7 +242,7 @@ def plan_environment(planner: _Planner) -> Callable[[Config], Environment] | Non
         environment = planner.resolve("environment", config.environment.provider)
         if environment is None:
             return None
-        planner.own_issues(environment)
+        planner.own_issues("environment", environment)
         factory: Callable[[Config], Environment] = environment.obj
         return factory
     data = planner.resolve("data", config.data.source)
