@@ -7,6 +7,8 @@ until a run resolves it (see ``retrain.registry``). Kinds listed in
 
 from __future__ import annotations
 
+import importlib.util
+
 ADVANTAGES: dict[str, str] = {
     "grpo": "retrain.advantages.grpo:grpo_advantages",
     "maxrl": "retrain.advantages.maxrl:maxrl_advantages",
@@ -95,3 +97,9 @@ def is_dotted_path(name: str) -> bool:
     """True for ``pkg.module.attr``-style names (at least one dot, no empty parts)."""
     parts = name.split(".")
     return len(parts) >= 2 and all(part.isidentifier() for part in parts)
+
+
+def shipped(kind: str, name: str) -> bool:
+    """Whether the module of the built-in ``name`` of ``kind`` is part of this version
+    (the table also names built-ins that later versions add)."""
+    return importlib.util.find_spec(BUILTINS[kind][name].partition(":")[0]) is not None

@@ -47,7 +47,8 @@ def builtins_listing() -> dict[str, list[dict[str, str]]]:
         listing[kind] = []
         for name in names:
             description, reads = builtin_summary(kind, name)
-            listing[kind].append({"name": name, "description": description, "reads": reads})
+            listing[kind].append({"name": name, "description": description, "reads": reads,
+                                  "available": registry_names.shipped(kind, name)})
     return listing
 
 
@@ -108,7 +109,8 @@ def render_text(locations: list, discovered: list[DiscoveredModule]) -> str:  # 
         width = max(len(entry["name"]) for entry in entries)
         for entry in entries:
             reads = f"  [reads {entry['reads']}]" if entry["reads"] else ""
-            lines.append(f"    {entry['name'].ljust(width)}  {entry['description']}{reads}")
+            later = "" if entry["available"] else "  (not in this version)"
+            lines.append(f"    {entry['name'].ljust(width)}  {entry['description']}{reads}{later}")
     lines.append("")
     lines.append("Search paths ([plugins] search_paths):")
     for location in locations:

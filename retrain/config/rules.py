@@ -9,7 +9,6 @@ reports everything a run would reject at startup in one report.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections.abc import Callable
 
 from retrain import registry_names
@@ -176,11 +175,6 @@ def _first_set_key(section: object) -> str | None:
                 None)
 
 
-def _shipped(target: str) -> bool:
-    """Whether the module behind a built-in's ``module:attribute`` target exists."""
-    return importlib.util.find_spec(target.partition(":")[0]) is not None
-
-
 def _campaign_unavailable(config: Config, sources: Sources) -> list[ConfigIssue]:
     key = _first_set_key(config.campaign)
     if key is None:
@@ -212,9 +206,9 @@ def _unshipped_component(kind: str, section: str, key: str, otherwise: str = "")
 
     def rule(config: Config, sources: Sources) -> list[ConfigIssue]:
         name = getattr(getattr(config, section), key)
-        if name not in builtins or _shipped(builtins[name]):
+        if name not in builtins or registry_names.shipped(kind, name):
             return []
-        available = [other for other, target in builtins.items() if _shipped(target)]
+        available = [other for other in builtins if registry_names.shipped(kind, other)]
         shipped = f"one that is ({', '.join(available)}) or " if available else ""
         return [_issue(sources, section, key, f"the {kind} '{name}' is not part of this version of retrain",
                        f"choose {shipped}a dotted-path plugin{otherwise}")]
