@@ -99,5 +99,5 @@ def test_a_new_estimator_is_one_module_and_one_table_line(tmp_path: Path):
             assert [float(f"{x:.7g}") for x in out[config_path]["tokens"][row]] == expected
     # Its docstring is its description; every transform gives it a recipe.
     assert out["listed"] == [{"name": "rloo", "description": "RLOO: A = r - mean of the other rewards of the group.",
-                              "reads": ""}]
+                              "reads": "", "available": True}]
     assert len(out["recipes"]) == len(retrain.registry_names.TRANSFORMS)
