@@ -220,3 +220,21 @@ def test_asking_for_a_gpu_without_one_is_a_clear_error(tmp_path: Path) -> None:
         local_pair(local_config(tmp_path, devices="gpu:0"))
     with pytest.raises(ConfigError, match="no CUDA device"):
         local_pair(local_config(tmp_path, devices="cpu,cuda:1"))
+
+
+def test_the_cache_argument_follows_the_model_s_own_name_for_it() -> None:
+    """Current transformers take and return ``cache``; releases before it ``past_key_values``."""
+    from types import SimpleNamespace
+
+    from retrain.engines.sampler import cache_argument_name, output_cache
+
+    class Older(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, use_cache=False):  # noqa: ANN001, ANN201
+            return SimpleNamespace(past_key_values="older cache")
+
+    class Current(torch.nn.Module):
+        def forward(self, input_ids, cache=None, use_cache=False):  # noqa: ANN001, ANN201
+            return SimpleNamespace(cache="current cache")
+
+    assert cache_argument_name(Older()) == "past_key_values" and cache_argument_name(Current()) == "cache"
+    assert output_cache(Older()(None)) == "older cache" and output_cache(Current()(None)) == "current cache"
