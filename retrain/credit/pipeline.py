@@ -15,7 +15,7 @@ from retrain.algorithms import Recipe
 from retrain.config.schema import Config
 from retrain.credit.cores import AlgorithmCore, ComposableCore, CoreInput, CoreOutput
 from retrain.credit.stages import Stage, build_stage, transform_stages
-from retrain.credit.synthetic import synthetic_batch
+from retrain.credit.synthetic import SyntheticRandom, synthetic_batch
 from retrain.errors import RetrainError
 from retrain.plugin_outputs import OutputValidator
 from retrain.transforms import SEPAController, top_rho_mask
@@ -176,7 +176,7 @@ class CreditPipeline:
         try:
             batch = synthetic_batch(num_prompts=3, group_size=4, max_tokens=12, seed=seed,
                                     with_entropies=True, with_environment_turns=True)
-            rng = np.random.default_rng(seed)
+            rng = SyntheticRandom(seed)
             rewards = np.array([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
             planning = np.asarray(batch.loss_mask_N_T, dtype=bool) & (rng.random(batch.loss_mask_N_T.shape) < 0.2)
             return self(rewards, batch, planning, step=0)
