@@ -57,7 +57,7 @@ def full_run(tmp_path_factory: pytest.TempPathFactory, retrain_cache: Path) -> F
 def lora_run(tmp_path_factory: pytest.TempPathFactory, retrain_cache: Path) -> FinishedRun:
     workdir = workdir_with_default_config(tmp_path_factory.mktemp("lora"))
     # save_every 1 keeps the adapter after step 1, which shows the LoRA initialization.
-    # --hicra-alpha has no effect with the default transform "none": the run warns.
+    # --hicra-alpha has no effect with the default transform "gtpo_sepa": the run warns.
     result = run_retrain(workdir, retrain_cache, "--max-steps", str(STEPS), "--lora-rank", str(LORA_RANK),
                          "--save-every", "1", "--hicra-alpha", "0.5")
     assert result.returncode == 0, describe(result)
@@ -76,7 +76,7 @@ def test_the_run_ends_by_naming_adapter_logs_and_metrics(full_run: FinishedRun) 
 
 
 def test_settings_without_effect_are_named_before_training(lora_run: FinishedRun) -> None:
-    assert ("retrain: warning: CLI --hicra-alpha [hicra].alpha: has no effect: transform \"none\" has no HICRA stage"
+    assert ("retrain: warning: CLI --hicra-alpha [hicra].alpha: has no effect: transform \"gtpo_sepa\" has no HICRA stage"
             in lora_run.result.stderr)
 
 
