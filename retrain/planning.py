@@ -27,7 +27,7 @@ import json
 import logging
 import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +152,7 @@ def spans_to_mask(character_spans: Sequence[tuple[int, int]], token_spans: Seque
         matches = np.asarray(character_spans, dtype=np.int64).reshape(-1, 2)
         firsts = np.searchsorted(token_spans[:, 1], matches[:, 0], side="right")
         lasts = np.searchsorted(token_spans[:, 0], matches[:, 1], side="left")
-        spans_iter = zip(firsts.tolist(), lasts.tolist())
+        spans_iter: Iterable[tuple[int, int]] = zip(firsts.tolist(), lasts.tolist())
     else:
         spans_iter = (
             (bisect.bisect_right(token_spans, start, key=_END), bisect.bisect_left(token_spans, end, key=_START))

@@ -115,7 +115,7 @@ def _fits(declared: object, value: object) -> bool:
         ) from exc
 
 
-def bounds_problem(declared_field: dataclasses.Field, value: object) -> tuple[str, str] | None:  # type: ignore[type-arg]
+def bounds_problem(declared_field: dataclasses.Field, value: object) -> tuple[str, str] | None:
     """Bounds declared with ``retrain.plugin_api.setting(..., ge=, gt=, le=, lt=, choices=)``."""
     meta = declared_field.metadata
     if meta.get("choices") and value not in meta["choices"]:

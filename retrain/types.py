@@ -422,19 +422,24 @@ class Sink(Protocol):
 
     def log_step(self, row: Mapping[str, object]) -> None:
         """Record one step's metrics row (a flat dict with an integer ``"step"``)."""
+        return None
 
     def log_generations(self, step: int, examples: Sequence[Example], batch: SampleBatch,
                         rewards_N: np.ndarray) -> None:
         """Record the trajectories of one step (``examples``: one per prompt)."""
+        return None
 
     def truncate_after(self, step: int) -> None:
         """Forget everything recorded for steps after ``step`` (used by resume)."""
+        return None
 
     def sync(self) -> None:
         """Make everything recorded so far durable (called before a checkpoint)."""
+        return None
 
     def close(self) -> None:
         """Flush and release resources."""
+        return None
 
 
 class ConfigChecked(Protocol):

@@ -14,9 +14,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from retrain.errors import EngineError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -25,13 +31,13 @@ def is_peft_model(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_weights(model: torch.nn.Module, tokenizer, path: Path) -> None:  # tokenizer: PreTrainedTokenizerBase
+def save_weights(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
     """Write ``model`` (adapter or full model, plus its tokenizer) to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        model.save_pretrained(staging)
+        model.save_pretrained(str(staging))
         tokenizer.save_pretrained(staging)
         replace_directory(staging, path)
     finally:

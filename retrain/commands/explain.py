@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from retrain.config.flags import parse_run_args
 from retrain.config.loader import DEFAULT_CONFIG, ResolvedConfig, resolve_config
 from retrain.config.reference import toml_literal
 from retrain.config.schema import SECTION_FIELDS, Config
 from retrain.config.snapshot import config_to_dict
+
+if TYPE_CHECKING:
+    from retrain.credit.stages import Stage
+    from retrain.plan import RunPlan
 
 DESCRIPTION = "validate a config and show what it resolves to, loading no model"
 
@@ -41,63 +46,73 @@ def main(argv: list[str]) -> int:
     resolved = resolve_config(args.config or DEFAULT_CONFIG, args.overrides)
     from retrain.plan import plan_run
 
-    plan = plan_run(resolved).describe()
+    run_plan = plan_run(resolved)
+    plan = run_plan.describe()
     if args.options.get("--json"):
         json.dump({**explain_json(resolved), "run": plan}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(explain_text(resolved, only_changed=bool(args.options.get("--changed")),
                                       color=sys.stdout.isatty()))
-        sys.stdout.write(run_graph_text(plan))
+        sys.stdout.write(run_graph_text(run_plan))
     return 0
 
 
-def run_graph_text(plan: dict[str, object]) -> str:
+def run_graph_text(plan: RunPlan) -> str:
     """The resolved components and credit pipeline, one line per stage, in step order."""
-    components: dict[str, dict[str, str]] = plan["components"]  # type: ignore[assignment]
-    credit: dict[str, object] = plan["credit"]  # type: ignore[assignment]
+    from retrain.credit.cores import AlgorithmCore
+    from retrain.credit.stages import params_view
+
     lines = ["", "run graph (one step, in order):"]
 
     def component(kind: str, label: str) -> None:
-        if kind in components:
-            item = components[kind]
-            lines.append(f"  {label:<12} {item['name']}  ({item['origin']})")
+        if kind in plan.origins:
+            origin = plan.origins[kind]
+            lines.append(f"  {label:<12} {origin.name}  ({origin.origin})")
 
     component("data", "prompts")
     component("engine", "engine")
     component("reward", "reward")
     component("planning", "planning")
-    uncertainty: dict[str, str] = credit["uncertainty"]  # type: ignore[assignment]
-    lines.append(f"  {'uncertainty':<12} {uncertainty['name']}  ({uncertainty['origin']}){_described(uncertainty)}")
-    if credit["mode"] == "algorithm":
-        algorithm: dict[str, object] = credit["algorithm"]  # type: ignore[assignment]
-        lines.append(f"  {'algorithm':<12} {algorithm['name']}  ({algorithm['origin']}) params {algorithm.get('params', {})}"
-                     f"{_described(algorithm)}")
+    credit = plan.credit
+    lines.append(_stage_line("uncertainty", credit.uncertainty, show_params=False))
+    if isinstance(credit.core, AlgorithmCore):
+        lines.append(_stage_line("algorithm", credit.core.algorithm, show_params=True))
     else:
-        advantage: dict[str, object] = credit["advantage"]  # type: ignore[assignment]
-        transform: dict[str, object] = credit["transform"]  # type: ignore[assignment]
-        lines.append(f"  {'advantage':<12} {advantage['name']}  ({advantage['origin']})"
-                     + (f" params {advantage['params']}" if advantage.get("params") else "") + _described(advantage))
-        stages = transform.get("stages") or []
-        chain = " -> ".join(f"{stage['stage']}{_params(stage.get('params'))}" for stage in stages) or "none"  # type: ignore[index,union-attr]
-        lines.append(f"  {'transforms':<12} {chain}  ({transform['name']}, {transform['origin']}){_described(transform)}")
-    if credit.get("surprisal_mask_rho"):
-        lines.append(f"  {'masking':<12} keep the top {credit['surprisal_mask_rho']} most uncertain tokens per group")
+        core = credit.core
+        lines.append(_stage_line("advantage", core.advantage, show_params=True))
+        chain = " -> ".join(f"{stage.resolved.name}{_params(params_view(stage.params))}" for stage in core.stages)
+        transform = core.transform.resolved
+        lines.append(f"  {'transforms':<12} {chain or 'none'}  ({transform.name}, {transform.origin})"
+                     f"{_described(core.transform)}")
+    if credit.rho:
+        lines.append(f"  {'masking':<12} keep the top {credit.rho} most uncertain tokens per group")
     component("backend", "backend")
-    lines.append(f"  {'publish':<12} {plan['publication']}: the backend publishes each update, the engine loads it")
+    lines.append(f"  {'publish':<12} {plan.publication}: the backend publishes each update, the engine loads it")
     lines.append("  probe        a synthetic batch went through the credit pipeline: ok")
     return "\n".join(lines) + "\n"
 
 
-def _described(stage: dict[str, object]) -> str:
+def _stage_line(label: str, stage: Stage, show_params: bool) -> str:
+    from retrain.credit.stages import params_view
+
+    params = params_view(stage.params) if show_params else None
+    return (f"  {label:<12} {stage.resolved.name}  ({stage.resolved.origin})"
+            + (f" params {params}" if params else "") + _described(stage))
+
+
+def _described(stage: Stage) -> str:
     """The stage's one-line description (its docstring's first line), when it has one."""
-    return f" — {stage['description']}" if stage.get("description") else ""
+    from retrain.credit.stages import description_of
+
+    description = description_of(stage.resolved)
+    return f" — {description}" if description else ""
 
 
 def _params(params: object) -> str:
-    if not params:
+    if not isinstance(params, dict) or not params:
         return ""
-    return "(" + ", ".join(f"{key}={value}" for key, value in params.items()) + ")"  # type: ignore[union-attr]
+    return "(" + ", ".join(f"{key}={value}" for key, value in params.items()) + ")"
 
 
 def _rows(resolved: ResolvedConfig) -> dict[str, list[tuple[str, object, object, str]]]:

@@ -260,10 +260,10 @@ def check_text(migration: Migration, from_stdin: bool) -> str:
     lines = [f"{migration.label}: migration needed"]
     for item in migration.moved:
         lines.append(f"  line {item.old_line}: {_short(item.old)} -> {_short(item.new)}")
-    for item in migration.dropped:
+    for dropped in migration.dropped:
         lines.append(
-            f"  line {item.old_line}: {_short(item.old)} = {_shown(item.legacy_value)} will be dropped: "
-            f"{_short(item.new)} is already set to {_shown(item.kept_value)}"
+            f"  line {dropped.old_line}: {_short(dropped.old)} = {_shown(dropped.legacy_value)} will be dropped: "
+            f"{_short(dropped.new)} is already set to {_shown(dropped.kept_value)}"
         )
     how = "retrain migrate-config --stdin --stdout" if from_stdin else f"retrain migrate-config {shlex.quote(migration.label)} --write"
     lines.append(f"fix: run `{how}` (comments and layout are kept)")

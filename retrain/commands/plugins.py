@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TypedDict
 
 from retrain import registry_names
 from retrain.config.loader import resolve_config
@@ -21,6 +22,7 @@ from retrain.errors import UsageError
 from retrain.plugin_discovery import DiscoveredModule, discover
 from retrain.registry import (
     BUILTIN_DESCRIPTIONS,
+    SearchLocation,
     resolve,
     search_locations,
 )
@@ -40,9 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def builtins_listing() -> dict[str, list[dict[str, str]]]:
+class BuiltinEntry(TypedDict):
+    """One built-in plugin as ``retrain plugins`` lists it."""
+
+    name: str
+    description: str
+    reads: str  # the settings it reads, "" when none
+    available: bool  # False: named in the configuration reference, not in this version
+
+
+def builtins_listing() -> dict[str, list[BuiltinEntry]]:
     """kind -> [{name, description, reads}] for every built-in."""
-    listing = {}
+    listing: dict[str, list[BuiltinEntry]] = {}
     for kind, names in registry_names.BUILTINS.items():
         listing[kind] = []
         for name in names:
@@ -102,7 +113,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def render_text(locations: list, discovered: list[DiscoveredModule]) -> str:  # type: ignore[type-arg]
+def render_text(locations: list[SearchLocation], discovered: list[DiscoveredModule]) -> str:
     lines = ["Built-in plugins (use the name in the config):"]
     for kind, entries in builtins_listing().items():
         lines.append(f"  {kind}:")

@@ -9,6 +9,7 @@ JSON object string) and ``[[campaign.conditions]]`` with their overrides.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from retrain.config.schema import ALL_FIELDS, BACKEND_OPTIONS, SECTIONS, CampaignCondition, FieldSpec, fields_of
 from retrain.config.toml_text import line_of
@@ -62,7 +63,9 @@ class Checker:
                          "write it as a [backend.options] section")
             return INVALID
         backend_value = self.values["backend"].get("backend", ("local", ""))[0]
-        options_type = BACKEND_OPTIONS.get(backend_value) if isinstance(backend_value, str) else None
+        if not isinstance(backend_value, str):
+            return dict(value)  # [backend] backend is wrong itself, and reported there
+        options_type = BACKEND_OPTIONS.get(backend_value)
         if options_type is None:
             return dict(value)  # a plugin backend checks its own options
         specs = {spec.toml_key: spec for spec in fields_of(options_type, "backend.options")}
@@ -118,7 +121,8 @@ class Checker:
         specs = {spec.toml_key: spec for spec in fields_of(CampaignCondition, "campaign.conditions")}
         conditions = []
         for index, table in enumerate(value):
-            kwargs = {}
+            # Each value was checked against its field's declared type just above.
+            kwargs: dict[str, Any] = {}
             for key, item in table.items():
                 item_where = self.where("campaign", "conditions", index, key) or where
                 spec = specs.get(key)

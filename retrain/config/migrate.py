@@ -433,7 +433,7 @@ def _verify(original: dict[str, TomlValue], migrated: str) -> None:
     except tomllib.TOMLDecodeError as exc:
         raise UnsafeLayout(f"the rewritten text would not parse: {exc}") from None
     expected = dict(original)
-    backend = dict(original["backend"])  # type: ignore[arg-type]
+    backend = dict(original["backend"])
     options = dict(backend.get("options", {}))
     for old in [key for key in backend if key in LEGACY_BACKEND_KEYS]:
         value = backend.pop(old)

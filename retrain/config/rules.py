@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from retrain import registry_names
 from retrain.config.schema import SECTION_FIELDS, Config
 from retrain.errors import ConfigIssue
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 Sources = dict[tuple[str, str], str]
 Rule = Callable[[Config, Sources], list[ConfigIssue]]
@@ -167,7 +171,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def _first_set_key(section: object) -> str | None:
+def _first_set_key(section: DataclassInstance) -> str | None:
     """The first setting of ``section`` that differs from its default, reading no further
     (so a rejected value later in the section does not silence the verdict)."""
     default = type(section)()

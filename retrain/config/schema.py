@@ -467,7 +467,7 @@ def fields_of(cls: type, section: str) -> list[FieldSpec]:
     specs = []
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         meta["toml_key"] = meta["toml_key"] or f.name
         spec = FieldSpec(section=section, name=f.name, type=hints[f.name], default=default, **meta)
         # A help text lists the valid values through {choices}, so it always shows the table's names.

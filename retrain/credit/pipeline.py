@@ -196,7 +196,10 @@ class CreditPipeline:
             raise RetrainError(f"the saved credit state {mismatch} — resume with the transform_mode / algorithm_mode "
                                "the run was saved with")
         if self.sepa is not None:
-            self.sepa.load_state_dict(saved)  # type: ignore[arg-type]
+            if not isinstance(saved, Mapping):
+                raise RetrainError(f"the saved SEPA state is {type(saved).__name__}, not a table; the checkpoint is "
+                                   "damaged — resume from an earlier checkpoint")
+            self.sepa.load_state_dict(saved)
 
 
 def _check_batch(rewards: np.ndarray, loss_mask: np.ndarray, group_size: int) -> None:

@@ -34,7 +34,7 @@ class PromptStream:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
 
     def next_batch(self, size: int) -> list[Example]:
-        batch = []
+        batch: list[Example] = []
         while len(batch) < size:
             if self.position == len(self._order):
                 self.epoch += 1

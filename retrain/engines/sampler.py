@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.cache_utils import Cache
 
 from retrain.errors import EngineError
 from retrain.types import InProcessPolicy, SampleBatch, SamplingParams
@@ -332,14 +333,20 @@ def sample_tokens(logp: torch.Tensor, top_p: float, generator: torch.Generator) 
 def cache_argument_name(model: torch.nn.Module) -> str:
     """The name under which ``model``'s forward takes a KV cache (PEFT wrappers forward
     ``**kwargs``, so the base model's signature decides)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base_model = getattr(model, "get_base_model", None)
+    base = get_base_model() if callable(get_base_model) else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def output_cache(output: object) -> object:
+def output_cache(output: object) -> Cache:
     """The KV cache a forward returned, under its current name or the older one."""
     cache = getattr(output, "cache", None)
-    return cache if cache is not None else getattr(output, "past_key_values")
+    if cache is None:
+        cache = getattr(output, "past_key_values")
+    if not isinstance(cache, Cache):
+        raise EngineError(f"the model's forward returned {type(cache).__name__} as its KV cache, not a transformers "
+                          "Cache — use a transformers model whose forward returns a Cache object")
+    return cache
 
 
 def eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int]:

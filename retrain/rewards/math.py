@@ -132,7 +132,7 @@ class VerifierProcess:
         if not self.connection.poll(deadline_s):
             return f"took more than {deadline_s:g} s and was stopped"
         try:
-            return self.connection.recv()  # type: ignore[no-any-return]
+            return self.connection.recv()
         except EOFError:
             self.process.join(1)
             return f"ended the helper process (exit code {self.process.exitcode})"

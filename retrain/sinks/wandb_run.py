@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from retrain.config.schema import Config
 from retrain.optional import require_module
@@ -11,6 +12,17 @@ from retrain.sinks.jsonl import to_json_value
 from retrain.types import Sink
 
 logger = logging.getLogger(__name__)
+
+class WandbRunHandle(Protocol):
+    """What this sink uses of the object ``wandb.init`` returns (a ``wandb.Run``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    def log(self, data: dict[str, object], step: int) -> None: ...
+
+    def finish(self) -> None: ...
+
 
 def wandb_run_name(config: Config) -> str:
     """``[logging] wandb_run_name``, or ``{advantage_mode}+{transform_mode}`` (the
@@ -47,12 +59,12 @@ class WandbSink(Sink):
     """
 
     def __init__(self, config: Config, *, run_id: str | None = None, resume_step: int | None = None,
-                 init: Callable[..., object] | None = None) -> None:
+                 init: Callable[..., WandbRunHandle] | None = None) -> None:
         from retrain.config.snapshot import config_to_dict
 
         wandb = require_module("wandb", "wandb", "logging", "wandb_project", "wandb logging")
         settings = config.logging
-        start = init or wandb.init
+        start: Callable[..., WandbRunHandle] = init or wandb.init
         arguments: dict[str, object] = {
             "project": settings.wandb_project,
             "entity": settings.wandb_entity or None,
@@ -67,12 +79,12 @@ class WandbSink(Sink):
             self.run = start(**arguments, id=run_id, resume="allow")
         else:
             self.run = self._rewind(start, arguments, run_id, resume_step, wandb.errors.Error)
-        self.run_id: str = self.run.id  # type: ignore[attr-defined]
+        self.run_id: str = self.run.id
         self._wandb = wandb
 
     @staticmethod
-    def _rewind(start: Callable[..., object], arguments: dict[str, object], run_id: str, resume_step: int,
-                refused: type[Exception]) -> object:
+    def _rewind(start: Callable[..., WandbRunHandle], arguments: dict[str, object], run_id: str, resume_step: int,
+                refused: type[Exception]) -> WandbRunHandle:
         try:
             return start(**arguments, resume_from=f"{run_id}?_step={resume_step}")
         except refused as exc:
@@ -84,13 +96,16 @@ class WandbSink(Sink):
             return start(**arguments, id=run_id, resume="allow")
 
     def log(self, row: Mapping[str, object], step: int) -> None:
-        values = {key: value for key, value in to_json_value(row).items()  # type: ignore[union-attr]
-                  if key != "step" and value is not None and not isinstance(value, (list, dict))}
+        values: dict[str, object] = {key: value for key, value in row.items() if key != "step"}
+        plain = to_json_value(values)
+        assert isinstance(plain, dict)  # a mapping stays a mapping
+        values = {key: value for key, value in plain.items() if value is not None and not isinstance(value, (list, dict))}
         self.run.log(values, step=step)
 
     def log_step(self, row: Mapping[str, object]) -> None:
         step = row["step"]
-        self.log(row, int(step))  # type: ignore[call-overload]
+        assert isinstance(step, int), f"a metrics row's step is an int, not {step!r}"
+        self.log(row, step)
 
     def finish(self) -> None:
         self.run.finish()

@@ -97,10 +97,19 @@ class SEPAController:
                 "resume from a checkpoint written by the same retrain version"
             )
         self.gate_open = bool(state["gate_open"])
-        self.variance_ema = None if state["variance_ema"] is None else float(state["variance_ema"])  # type: ignore[arg-type]
+        self.variance_ema = None if state["variance_ema"] is None else _saved_number(state, "variance_ema")
         self.reference_variance = (
-            None if state["reference_variance"] is None else float(state["reference_variance"])  # type: ignore[arg-type]
+            None if state["reference_variance"] is None else _saved_number(state, "reference_variance")
         )
-        self.warmup_sum = float(state["warmup_sum"])  # type: ignore[arg-type]
-        self.observed_steps = int(state["observed_steps"])  # type: ignore[call-overload]
-        self.last_lambda = float(state["last_lambda"])  # type: ignore[arg-type]
+        self.warmup_sum = _saved_number(state, "warmup_sum")
+        self.observed_steps = int(_saved_number(state, "observed_steps"))
+        self.last_lambda = _saved_number(state, "last_lambda")
+
+
+def _saved_number(state: Mapping[str, object], key: str) -> float:
+    """``state[key]`` as a float, refusing anything that is not a number (a damaged checkpoint)."""
+    value = state[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RetrainError(f"the saved SEPA state has {key} = {value!r}, not a number; the checkpoint is damaged — "
+                           "resume from an earlier checkpoint")
+    return float(value)

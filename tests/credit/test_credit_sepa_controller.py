@@ -95,6 +95,16 @@ def test_loading_a_foreign_state_is_a_clear_error():
         SEPAController(SEPAConfig()).load_state_dict({"gate_open": True})
 
 
+def test_a_damaged_saved_value_is_named_not_converted():
+    controller = SEPAController(SEPAConfig())
+    state = {**controller.state_dict(), "warmup_sum": "0.5"}
+    with pytest.raises(RetrainError, match=r"warmup_sum = '0.5', not a number; the checkpoint is damaged"):
+        controller.load_state_dict(state)
+    fresh = SEPAController(SEPAConfig())
+    fresh.load_state_dict(json.loads(json.dumps(controller.state_dict())))
+    assert fresh.state_dict() == controller.state_dict()
+
+
 # ---------------------------------------------------------------------------------------
 # The pipeline runs the schedule only for a stage that uses it
 

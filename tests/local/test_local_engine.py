@@ -226,15 +226,26 @@ def test_the_cache_argument_follows_the_model_s_own_name_for_it() -> None:
     """Current transformers take and return ``cache``; releases before it ``past_key_values``."""
     from types import SimpleNamespace
 
+    from transformers.cache_utils import DynamicCache
+
     from retrain.engines.sampler import cache_argument_name, output_cache
+
+    older_cache, current_cache = DynamicCache(), DynamicCache()
 
     class Older(torch.nn.Module):
         def forward(self, input_ids, past_key_values=None, use_cache=False):  # noqa: ANN001, ANN201
-            return SimpleNamespace(past_key_values="older cache")
+            return SimpleNamespace(past_key_values=older_cache)
 
     class Current(torch.nn.Module):
         def forward(self, input_ids, cache=None, use_cache=False):  # noqa: ANN001, ANN201
-            return SimpleNamespace(cache="current cache")
+            return SimpleNamespace(cache=current_cache)
+
+    class Legacy(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, use_cache=False):  # noqa: ANN001, ANN201
+            return SimpleNamespace(past_key_values=((torch.zeros(1), torch.zeros(1)),))
 
     assert cache_argument_name(Older()) == "past_key_values" and cache_argument_name(Current()) == "cache"
-    assert output_cache(Older()(None)) == "older cache" and output_cache(Current()(None)) == "current cache"
+    assert output_cache(Older()(None)) is older_cache and output_cache(Current()(None)) is current_cache
+    # A tuple-of-tensors cache (the pre-Cache format) cannot be reordered in place: named, not crashed on later.
+    with pytest.raises(EngineError, match="returned tuple as its KV cache, not a transformers Cache"):
+        output_cache(Legacy()(None))

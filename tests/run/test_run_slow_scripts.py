@@ -3,8 +3,10 @@
 - crash trials: a run killed with SIGKILL at random moments resumes every time, with no
   torn or duplicated metrics rows, no corrupt checkpoint, and the result of a run that
   was never interrupted;
-- learning: the default retrain.toml (fixed seed) goes from a mean reward <= 0.2 to
-  >= 0.8 within 5 minutes including the model build, in at most 1.5 GB.
+- learning: the default retrain.toml (fixed seed) goes from a 20-step mean reward <= 0.2
+  to >= 0.95 within its max_steps, in at most 1.5 GB. The benchmark's own target is the
+  whole run in 90 s on 2 cores; this test allows 5 minutes to reach 0.95, model build
+  included, so that a slower or busy machine does not fail it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_result(tmp_pa
 
 
 @pytest.mark.slow
-def test_the_default_config_learns_within_five_minutes(tmp_path: Path) -> None:
+def test_the_default_config_reaches_095_within_five_minutes(tmp_path: Path) -> None:
     # The model build is part of the time: the script gives the run a fresh cache.
     out = tmp_path / "bench.json"
     result = subprocess.run(
@@ -42,6 +44,7 @@ def test_the_default_config_learns_within_five_minutes(tmp_path: Path) -> None:
     )
     (seed,) = json.loads(out.read_text())
     assert seed["start_reward"] <= 0.2, result.stdout
+    assert seed["target_step"] is not None and seed["target_step"] <= 2000, result.stdout
     assert seed["target_s"] is not None and seed["target_s"] <= 300, result.stdout
     assert seed["peak_rss_mb"] <= 1536, result.stdout
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
