@@ -61,6 +61,8 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench_default_run import rolling_means  # this folder is the script's first import path
+
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO / "configs" / "data"
 TARGET_REWARD = 0.95
@@ -126,18 +128,6 @@ def task_flags(task: str) -> list[str]:
     if not path.is_file():
         raise ValueError(f"task {task!r}: no file {path} (write it with tests/bench/make_tasks.py)")
     return ["--source", "jsonl", "--path", str(path.resolve())]
-
-
-def rolling_means(values: list[float], window: int) -> list[float | None]:
-    """``means[i]`` = mean of ``values[i - window + 1 : i + 1]``, None before a full window."""
-    means: list[float | None] = []
-    total = 0.0
-    for index, value in enumerate(values):
-        total += value
-        if index >= window:
-            total -= values[index - window]
-        means.append(total / window if index >= window - 1 else None)
-    return means
 
 
 def watch_run(command: list[str], cwd: Path, env: dict[str, str], metrics: Path,
