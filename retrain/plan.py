@@ -152,11 +152,14 @@ class _Planner:
         if not self.own_issues(kind, plugin):
             return None
         # Capabilities are declared for a config the component accepts.
+        raised = len(self.issues)
         capabilities = self.ask(kind, plugin, "declaring its capabilities", lambda: plugin.obj.capabilities(self.config))
-        if capabilities is not None and not isinstance(capabilities, expected):
+        if len(self.issues) > raised:
+            return None
+        if not isinstance(capabilities, expected):
             self.issue(section, key, f"{kind} '{plugin.name}' ({plugin.origin}): capabilities(config) returned "
                        f"{type(capabilities).__name__}, not a {expected.__name__}",
-                       f"return retrain.types.{expected.__name__}(...)")
+                       f"return retrain.plugin_api.{expected.__name__}(...)")
             return None
         return capabilities
 
@@ -165,8 +168,15 @@ class _Planner:
         False when that includes an error."""
         if not hasattr(plugin.obj, "config_issues"):
             return True
+        raised = len(self.issues)
         issues = self.ask(kind, plugin, "checking the config", lambda: plugin.obj.config_issues(self.config))
-        if issues is None:
+        if len(self.issues) > raised:
+            return False
+        if not isinstance(issues, list) or not all(isinstance(problem, ConfigIssue) for problem in issues):
+            section, key = COMPONENT_SETTINGS[kind]
+            self.issue(section, key, f"{kind} '{plugin.name}' ({plugin.origin}): config_issues(config) returned "
+                       f"{_shape(issues)}, not a list of ConfigIssue",
+                       "return a list of retrain.plugin_api.ConfigIssue (an empty list when the config is fine)")
             return False
         for problem in issues:
             where = self.resolved.sources.get((problem.section, problem.key), "")
@@ -219,9 +229,11 @@ def plan_run(resolved: ResolvedConfig) -> RunPlan:
     backend_caps = planner.declared("backend", backend, BackendCapabilities) if backend else None
     engine_caps = planner.declared("engine", engine, EngineCapabilities) if engine else None
     publication = None
-    if isinstance(backend_caps, BackendCapabilities) and isinstance(engine_caps, EngineCapabilities) and credit:
+    if isinstance(backend_caps, BackendCapabilities) and isinstance(engine_caps, EngineCapabilities):
         assert backend is not None and engine is not None
-        publication = check_pairing(planner, backend, backend_caps, engine, engine_caps, credit.needs_entropies)
+        # With a broken credit setting (reported already) the pairing is still checked, so
+        # that every problem comes in this one report.
+        publication = check_pairing(planner, backend, backend_caps, engine, engine_caps, credit)
     planner.issues.extend(preflight_issues(config, needs_planning, resolved.sources))
     if planner.issues or publication is None or environment is None or credit is None:
         raise ConfigError(planner.issues) from planner.cause
@@ -262,7 +274,8 @@ def reward_factory(plugin: ResolvedPlugin) -> Callable[[Config], Reward]:
 
 
 def check_pairing(planner: _Planner, backend: ResolvedPlugin, backend_caps: BackendCapabilities,
-                  engine: ResolvedPlugin, engine_caps: EngineCapabilities, needs_entropies: bool) -> PolicyKind | None:
+                  engine: ResolvedPlugin, engine_caps: EngineCapabilities,
+                  credit: CreditPipeline | None) -> PolicyKind | None:
     """What the backend, the engine and the rest of the config ask of each other; the
     publication kind they share."""
     config = planner.config
@@ -276,7 +289,13 @@ def check_pairing(planner: _Planner, backend: ResolvedPlugin, backend_caps: Back
     if config.model.lora_rank == 0 and not backend_caps.full_finetuning:
         planner.issue("model", "lora_rank", f"0 (full fine-tuning) is not supported by backend '{backend.name}'",
                       "set lora_rank > 0, or use a backend that trains every weight (backend = \"local\")")
-    if needs_entropies and not engine_caps.entropies:
+    if credit is not None and credit.token_level and not backend_caps.preserves_token_advantages:
+        planner.issue("algorithm", "transform_mode",
+                      f"the credit pipeline gives each token its own advantage, but backend '{backend.name}' trains "
+                      "on one advantage per sequence, which would silently undo it",
+                      "use transform_mode = \"none\" (and surprisal_mask_rho = 0), or a backend that keeps per-token "
+                      "advantages (its options may say how)")
+    if credit is not None and credit.needs_entropies and not engine_caps.entropies:
         planner.issue("algorithm", "uncertainty_kind",
                       f"the credit pipeline needs per-token entropies of the full next-token distribution, which "
                       f"engine '{engine.name}' cannot return",
@@ -292,6 +311,13 @@ def check_pairing(planner: _Planner, backend: ResolvedPlugin, backend_caps: Back
     return shared[0] if shared else None
 
 
+def _shape(value: object) -> str:
+    """What a plugin returned, for an error message: the type, and the item types of a list."""
+    if isinstance(value, list):
+        return "a list of " + (", ".join(sorted({type(item).__name__ for item in value})) or "nothing")
+    return type(value).__name__
+
+
 def _kinds(kinds: tuple[str, ...]) -> str:
     return " or ".join(kinds) if kinds else "nothing"
 
@@ -299,9 +325,11 @@ def _kinds(kinds: tuple[str, ...]) -> str:
 # (module, extra, section, key, feature) of the optional packages a setting needs.
 def _needed_packages(config: Config, needs_planning: bool) -> list[tuple[str, str, str, str, str]]:
     needed = []
-    if config.reward.type == "math":
+    # An environment provider lists and scores its own episodes: [data] and [reward] are not built.
+    single_turn = not config.environment.provider
+    if single_turn and config.reward.type == "math":
         needed.append(("math_verify", "math", "reward", "type", "type = \"math\""))
-    if config.data.source == "math" and not config.data.path:
+    if single_turn and config.data.source == "math" and not config.data.path:
         needed.append(("datasets", "local", "data", "source", "source = \"math\" from the hub"))
     if config.logging.wandb_project:
         needed.append(("wandb", "wandb", "logging", "wandb_project", "wandb logging"))
@@ -322,7 +350,7 @@ def preflight_issues(config: Config, needs_planning: bool,
             issues.append(ConfigIssue("", section, key, f"{feature} needs the Python package '{module}', which is "
                                       "not installed", f"install it with: pip install 'retrain[{extra}]'"))
     data = config.data
-    if data.source == "jsonl" and data.path and not Path(data.path).is_file():
+    if not config.environment.provider and data.source == "jsonl" and data.path and not Path(data.path).is_file():
         issues.append(ConfigIssue("", "data", "path", f"{data.path} is not a file",
                                   "fix the path (relative paths start at the current directory)"))
     if needs_planning and config.planning.detector == "regex":

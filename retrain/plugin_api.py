@@ -10,7 +10,10 @@ named in the config by its dotted path ``module.attr``. The contract of each kin
 - algorithm:   ``def f(ctx: AlgorithmContext, params) -> AlgorithmOutput``
 - planning:    ``class D: __init__(self, config); detect(self, texts, token_char_spans) -> bool [N, T]``
 - data:        ``class S: __init__(self, config); examples(self) -> list[Example]``
-- backend / engine: classes constructed with the config (see ``retrain init-plugin``)
+- environment: ``class E: __init__(self, config); examples(); rollout(examples, engine, encode, params) -> Scored; close()``
+- backend / engine: classes constructed with the config (see ``retrain init-plugin``); any
+  component class may also report problems with a config from
+  ``@classmethod config_issues(cls, config) -> list[ConfigIssue]``
 
 Only sampled tokens carry credit. A row of a ``SampleBatch`` holds the model's tokens and,
 in multi-turn rollouts, environment turns between them: ``batch.mask_N_T`` is True on
@@ -50,6 +53,7 @@ from retrain.advantages import correct_rate, grpo_advantages, maxrl_advantages
 from retrain.algorithms import AlgorithmContext, AlgorithmOutput
 from retrain.config.schema import Config, setting
 from retrain.credit import synthetic_batch
+from retrain.errors import ConfigIssue
 from retrain.registry import PluginSpec, plugin_spec, register
 from retrain.transforms import (
     TransformContext,
@@ -61,6 +65,8 @@ from retrain.transforms import (
 )
 from retrain.types import (
     BackendCapabilities,
+    Encoder,
+    Engine,
     EngineCapabilities,
     Example,
     PolicyKind,
@@ -78,6 +84,9 @@ __all__ = [
     "AlgorithmOutput",
     "BackendCapabilities",
     "Config",
+    "ConfigIssue",
+    "Encoder",
+    "Engine",
     "EngineCapabilities",
     "Example",
     "PluginSpec",

@@ -217,9 +217,9 @@ CONTRACTS: dict[str, KindContract] = {
         "close()",
     ),
     "environment": KindContract(
-        "class", 1, {"examples": 0, "rollout": 4},
+        "class", 1, {"examples": 0, "rollout": 4, "close": 0},
         "class E: __init__(self, config); examples(self) -> list[Example]; "
-        "rollout(self, examples, engine, encode, params: SamplingParams) -> Scored",
+        "rollout(self, examples, engine, encode, params: SamplingParams) -> Scored; close()",
     ),
     "engine": KindContract(
         "class", 1, {"capabilities": 1, "generate": 2, "load": 1, "save_state": 1, "load_state": 1, "close": 0},

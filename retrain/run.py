@@ -32,7 +32,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -44,7 +44,7 @@ from retrain.config.loader import ResolvedConfig, load_config, replace_setting
 from retrain.config.schema import Config
 from retrain.config.snapshot import config_to_dict, write_snapshot
 from retrain.data.stream import PromptStream
-from retrain.errors import RetrainError
+from retrain.errors import ConfigIssue, RetrainError
 from retrain.metrics import metrics_row
 from retrain.plan import RunPlan, plan_run, with_absolute_search_paths
 from retrain.publication import Publisher
@@ -52,7 +52,7 @@ from retrain.run_dirs import CONFIG_FILE, adapter_dir, claim_output_dirs
 from retrain.sampling import GroupCollector, LookaheadCollector, RefillingCollector, SamplingSettings
 from retrain.sinks import build_sinks
 from retrain.step import NoPlanning, Run, rl_step
-from retrain.types import Collector, Encoder, Engine, PlanningDetector, SamplingParams
+from retrain.types import Collector, Encoder, Engine, Environment, PlanningDetector, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +90,13 @@ def build_run(plan: RunPlan, resume_state: Mapping[str, object] | None = None) -
         sinks = stack.enter_context(contextlib.closing(build_sinks(
             config, config.training.max_steps, completed=completed,
             wandb_run_id=wandb_run_id if isinstance(wandb_run_id, str) and wandb_run_id else None)))
+        # The environment (prompts, rewards) is built before the model loads, so that a bad
+        # data file or reward setting is reported in seconds.
+        environment = stack.enter_context(contextlib.closing(plan.environment(config)))
         backend = stack.enter_context(contextlib.closing(plan.backend(config)))
         engine = stack.enter_context(contextlib.closing(plan.engine(config)))
-        collector = stack.enter_context(contextlib.closing(build_collector(plan, config, backend.encode_prompt,
-                                                                           engine, seed)))
+        collector = stack.enter_context(contextlib.closing(build_collector(plan, config, environment,
+                                                                           backend.encode_prompt, engine, seed)))
         planning: PlanningDetector = plan.planning(config) if plan.planning else NoPlanning()
         publisher = Publisher(backend, engine, plan.publication, log_dir / ENGINE_WEIGHTS_DIR)
         return Run(config=config, log_dir=log_dir, adapter_dir=adapter_dir(config), seed=seed, backend=backend,
@@ -101,11 +104,11 @@ def build_run(plan: RunPlan, resume_state: Mapping[str, object] | None = None) -
                    sinks=sinks, start_step=completed + 1, resources=stack.pop_all())
 
 
-def build_collector(plan: RunPlan, config: Config, encode: Encoder, engine: Engine, seed: int) -> Collector:
+def build_collector(plan: RunPlan, config: Config, environment: Environment, encode: Encoder, engine: Engine,
+                    seed: int) -> Collector:
     """Prompts in step order, sampled and scored; refilled (dynamic sampling) and sampled
     ahead of training (``max_staleness``) as configured."""
     training = config.training
-    environment = plan.environment(config)
     stream = PromptStream(environment.examples(), seed, shuffle=config.data.shuffle)
     settings = SamplingSettings(training.batch_size, SamplingParams(
         training.group_size, training.max_tokens, training.temperature, training.top_p, plan.credit.needs_entropies))
@@ -218,7 +221,7 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
-                if signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL):
+                if signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL, _raise_interrupted):
                     self.previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -233,6 +236,26 @@ class StopRequest:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
         self.previous.clear()
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise RunInterrupted(signum)
+
+
+@contextlib.contextmanager
+def terminate_raises() -> Iterator[None]:
+    """SIGTERM while a run is built, restored or trained raises ``RunInterrupted`` (exit
+    code 143) rather than ending the process on the spot, so that whatever was built is
+    closed on the way out (a server's loaded adapter, a worker process). The training loop
+    handles it more gently (``StopRequest``); SIGINT already raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resume_context(config: Config) -> tuple[Config, dict[str, object] | None]:
@@ -296,10 +319,13 @@ def train_loop(run: Run, skipped_updates: int) -> dict[str, object]:
     return last_row
 
 
-def run_training(resolved: ResolvedConfig) -> RunSummary:
-    """Plan, build, (resume,) train and checkpoint a run."""
+def run_training(resolved: ResolvedConfig, warn: Callable[[ConfigIssue], None] | None = None) -> RunSummary:
+    """Plan, build, (resume,) train and checkpoint a run; ``warn`` receives every warning
+    about the config, the components' included, once the plan is made."""
     config, state = resume_context(with_absolute_search_paths(resolved))
-    plan = plan_run(dataclasses.replace(resolved, config=config))
+    plan = plan_run(dataclasses.replace(resolved, config=config, warnings=list(resolved.warnings)))
+    for warning in plan.resolved.warnings:
+        (warn or _log_warning)(warning)
     lock = claim_output_dirs(config, resuming=state is not None)
     try:
         return _train(plan, state)
@@ -307,14 +333,19 @@ def run_training(resolved: ResolvedConfig) -> RunSummary:
         lock.close()
 
 
+def _log_warning(warning: ConfigIssue) -> None:
+    logger.warning("%s", warning)
+
+
 def _train(plan: RunPlan, state: Mapping[str, object] | None) -> RunSummary:
-    run = build_run(plan, state)
-    try:
-        start(run, state, plan)
-        skipped = state.get("skipped_updates", 0) if state else 0
-        last_row = train_loop(run, skipped if isinstance(skipped, int) else 0)
-        final = run.adapter_dir / "final"
-        run.backend.save_adapter(final)
-    finally:
-        run.close()
+    with terminate_raises():
+        run = build_run(plan, state)
+        try:
+            start(run, state, plan)
+            skipped = state.get("skipped_updates", 0) if state else 0
+            last_row = train_loop(run, skipped if isinstance(skipped, int) else 0)
+            final = run.adapter_dir / "final"
+            run.backend.save_adapter(final)
+        finally:
+            run.close()
     return RunSummary(run.log_dir, run.adapter_dir, final, run.config.training.max_steps, last_row)

@@ -401,6 +401,10 @@ class Environment(Protocol):
 
     def rollout(self, examples: list[Example], engine: Engine, encode: Encoder, params: SamplingParams) -> Scored: ...
 
+    def close(self) -> None:
+        """Release what the environment holds (clients, worker processes, sandboxes);
+        called once on every way out of a run."""
+
 
 class Collector(Protocol):
     """The first stage of a step: prompts in, scored trajectories out."""

@@ -63,11 +63,11 @@ def main(argv: list[str]) -> int:
     # retrain draws its own progress line; the hub's per-file bars would interleave with it.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     resolved = resolve_config(args.config or default_config(args.overrides), args.overrides)
-    for warning in resolved.warnings:
-        print(f"retrain: warning: {warning}", file=sys.stderr)
     from retrain.run import run_training
 
-    summary = run_training(resolved)
+    # The config's own warnings and its components' (found while planning) come together,
+    # before any model loads.
+    summary = run_training(resolved, warn=lambda warning: print(f"retrain: warning: {warning}", file=sys.stderr))
     row = summary.last_row
     print(f"finished {summary.steps} steps: reward_mean {row.get('reward_mean', float('nan')):.3f}, "
           f"correct_rate {row.get('correct_rate', float('nan')):.3f}")

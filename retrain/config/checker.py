@@ -62,6 +62,10 @@ class Checker:
             self.problem(where, "backend", "options", f"must be a table, got {toml_type_name(value)}",
                          "write it as a [backend.options] section")
             return INVALID
+        # Where each option was set, so that any component's message about one can say so.
+        for key in value:
+            self.sources[("backend.options", key)] = (self.entry_where.get(("backend", "options", key))
+                                                      or self.where("backend", "options", key) or where)
         backend_value = self.values["backend"].get("backend", ("local", ""))[0]
         if not isinstance(backend_value, str):
             return dict(value)  # [backend] backend is wrong itself, and reported there
@@ -71,8 +75,7 @@ class Checker:
         specs = {spec.toml_key: spec for spec in fields_of(options_type, "backend.options")}
         result = {}
         for key, item in value.items():
-            item_where = self.entry_where.get(("backend", "options", key)) or self.where("backend", "options", key) or where
-            self.sources[("backend.options", key)] = item_where
+            item_where = self.sources[("backend.options", key)]
             spec = specs.get(key)
             owner = _other_backend_with_option(backend_value, key)
             if spec is None and owner is not None:

@@ -56,6 +56,8 @@ def _backpressure(config: Config, sources: Sources) -> list[ConfigIssue]:
 
 
 def _reward(config: Config, sources: Sources) -> list[ConfigIssue]:
+    if config.environment.provider:
+        return []  # the environment scores its own episodes; [reward] is its to read, or not
     reward = config.reward
     if reward.type == "custom" and not reward.custom_module:
         return [_issue(sources, "reward", "custom_module", "type = \"custom\" needs the module holding the function",
@@ -73,6 +75,8 @@ def _reward(config: Config, sources: Sources) -> list[ConfigIssue]:
 
 
 def _data(config: Config, sources: Sources) -> list[ConfigIssue]:
+    if config.environment.provider:
+        return []  # the environment lists its own prompts; [data] is its to read, or not
     data = config.data
     if data.source == "jsonl" and not data.path:
         return [_issue(sources, "data", "path", "source = \"jsonl\" needs the file to read",

@@ -73,6 +73,12 @@ class CreditPipeline:
         return self.core.needs("needs_planning")
 
     @property
+    def token_level(self) -> bool:
+        """Whether tokens of one sequence may get different advantages: a transform stage,
+        top-rho masking, or an algorithm plugin (which may do anything)."""
+        return isinstance(self.core, AlgorithmCore) or bool(self.core.stages) or self.rho > 0
+
+    @property
     def needs_entropies(self) -> bool:
         """Whether the engine must return per-token entropies."""
         return self.uncertainty.needs("needs_entropies") or self.core.needs("needs_entropies")

@@ -34,3 +34,11 @@ class SingleTurn:
         rewards_N = np.asarray(self.reward.score(samples.texts, examples), dtype=np.float64)
         timings = {"sample_time_s": sampled - start, "reward_time_s": time.perf_counter() - sampled}
         return Scored(samples, rewards_N, timings)
+
+    def close(self) -> None:
+        """Close the reward and the data source where they hold something (a judge's HTTP
+        client, say); the Reward and DataSource contracts leave ``close`` optional."""
+        for part in (self.reward, self.data):
+            close = getattr(part, "close", None)
+            if callable(close):
+                close()

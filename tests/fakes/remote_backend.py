@@ -12,7 +12,7 @@ import numpy as np
 
 from fakes.client import post_json
 from fakes.unigram_service import VOCABULARY
-from retrain.plugin_api import BackendCapabilities, Config, PolicyKind, PolicyRef, TrainBatch, TrainResult
+from retrain.plugin_api import BackendCapabilities, Config, ConfigIssue, PolicyKind, PolicyRef, TrainBatch, TrainResult
 
 STATE_FILE = "remote_state.json"
 
@@ -60,3 +60,11 @@ class RemoteBackend:
 
     def close(self) -> None:
         """Nothing to release: every request opens and closes its own connection."""
+
+
+class OutspokenRemoteBackend(RemoteBackend):
+    """The same backend, warning about every config: shows that component warnings reach the user."""
+
+    @classmethod
+    def config_issues(cls, config: Config) -> list[ConfigIssue]:
+        return [ConfigIssue("", "backend.options", "url", "points at a test service", "nothing to do", warning=True)]

@@ -16,8 +16,12 @@ def test_a_two_turn_environment_plugin_trains_through_the_cli(tmp_path: Path, re
     assert cli_main(["init-plugin", "--kind", "environment", "--name", "two_turns",
                      "--output-dir", str(workdir / "plugs")]) == 0
     capsys.readouterr()
+    # Entropy-based credit: the scaffold carries the entropies of both model turns. The
+    # environment scores its own episodes, so an incomplete [reward] it never reads
+    # (type = "judge" without judge_model) is not in the way.
     result = run_retrain(workdir, retrain_cache, "--max-steps", "3", "--search-paths", "plugs",
-                         "--environment.provider", "two_turns.TwoTurns")
+                         "--environment.provider", "two_turns.TwoTurns", "--uncertainty-kind", "shannon_entropy",
+                         "--reward.type", "judge")
     assert result.returncode == 0, describe(result)
     rows = read_jsonl_strict(workdir / DEFAULT_LOG_DIR / "metrics.jsonl")
     assert [row["step"] for row in rows] == [1, 2, 3]

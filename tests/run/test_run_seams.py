@@ -109,7 +109,23 @@ def score(completion, reference):
 """
 
 
-@pytest.mark.parametrize("ending", ["error", "signal"])
+SLOW_FIRST_LOAD = """
+import pathlib
+import time
+
+from fakes.http_engine import HttpEngine
+
+class SlowFirstLoad(HttpEngine):
+    # Holds the run in its start-up, after the first adapter is loaded on the server.
+    def load(self, ref):
+        super().load(ref)
+        if ref.version == 0:
+            pathlib.Path("first-load.done").write_text("")
+            time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("ending", ["error", "signal", "signal_at_start"])
 def test_the_engine_and_backend_are_closed_on_every_way_out(tmp_path, ending):
     with serve() as (url, service):
         write_run_folder(tmp_path, url, steps=400)
@@ -120,6 +136,22 @@ def test_the_engine_and_backend_are_closed_on_every_way_out(tmp_path, ending):
                      "--reward.custom_module", "failing_reward"]
             result = retrain(tmp_path, "c.toml", *flags)
             assert result.returncode == 2 and "the scorer lost its connection" in result.stderr, result.stderr
+        elif ending == "signal_at_start":
+            # SIGTERM before the first step (the engine has loaded its first adapter): the run
+            # still closes what it built instead of dying with the server holding an adapter.
+            write_plugin(tmp_path / "plugs", "slow_engine", SLOW_FIRST_LOAD)
+            process = subprocess.Popen([sys.executable, "-m", "retrain", "c.toml", "--search-paths",
+                                        f'["{tmp_path / "plugs"}", "{TESTS}"]', "--inference.engine",
+                                        "slow_engine.SlowFirstLoad"], cwd=tmp_path,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 60
+            while not (tmp_path / "first-load.done").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert service.adapters, "the engine never loaded its first adapter"
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=60)
+            assert process.returncode == 143, stderr
+            assert "Traceback" not in stderr and (tmp_path / "logs" / "metrics.jsonl").read_text() == ""
         else:
             process = subprocess.Popen([sys.executable, "-m", "retrain", "c.toml"], cwd=tmp_path,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -200,3 +232,89 @@ def test_explain_refuses_entropies_from_an_engine_that_cannot_return_them(tmp_pa
 def test_a_server_url_no_component_reads_is_refused(tmp_path):
     message = explain_error(tmp_path, "[backend]\ndevices = \"cpu\"\n[inference]\nurl = \"http://127.0.0.1:9\"\n")
     assert "[inference].url: is read by neither backend 'local' nor engine 'pytorch'" in message
+
+
+FORGETFUL_BACKEND = """
+from retrain.plugin_api import BackendCapabilities, ConfigIssue
+
+
+class RemoteBackend:
+    @classmethod
+    def capabilities(cls, config):
+        return BackendCapabilities(publishes=("remote",), reports_loss=True, preserves_token_advantages=True,
+                                   exact_resume=True, reads=("backend.options.url",))
+
+    def __init__(self, config): pass
+    def encode_prompt(self, messages): return [1]
+    def train_step(self, batch): pass
+    def publish(self, kind, directory): pass
+    def save_adapter(self, path): pass
+    def save_state(self, directory): pass
+    def load_state(self, directory): pass
+    def close(self): pass
+
+
+class NoReturn(RemoteBackend):
+    @classmethod
+    def capabilities(cls, config):
+        BackendCapabilities(publishes=("remote",), reports_loss=True, preserves_token_advantages=True,
+                            exact_resume=True)  # built, never returned
+
+
+class LoneIssue(RemoteBackend):
+    @classmethod
+    def config_issues(cls, config):
+        return ConfigIssue("", "backend", "backend", "is unhappy")  # one issue, not a list of them
+
+
+class SequenceLevel(RemoteBackend):
+    @classmethod
+    def capabilities(cls, config):
+        return BackendCapabilities(publishes=("remote",), reports_loss=True, preserves_token_advantages=False,
+                                   exact_resume=True, reads=("backend.options.url",))
+"""
+
+REMOTE_PAIR = ("[backend.options]\nurl = \"http://127.0.0.1:9\"\n"
+               "[inference]\nengine = \"fakes.http_engine.HttpEngine\"\nurl = \"http://127.0.0.1:9\"\n")
+
+
+@pytest.mark.parametrize(("backend", "expected"), [
+    ("NoReturn", "capabilities(config) returned NoneType, not a BackendCapabilities"),
+    ("LoneIssue", "config_issues(config) returned ConfigIssue, not a list of ConfigIssue"),
+])
+def test_a_plugin_that_returns_the_wrong_thing_is_named(tmp_path, backend, expected):
+    write_plugin(tmp_path / "plugs", "forgetful", FORGETFUL_BACKEND)
+    message = explain_error(tmp_path, f"[backend]\nbackend = \"forgetful.{backend}\"\n" + REMOTE_PAIR)
+    assert f"backend 'forgetful.{backend}'" in message and expected in message
+    assert "(0 problems)" not in message
+
+
+def test_token_level_credit_is_refused_by_a_backend_that_keeps_one_advantage_per_sequence(tmp_path):
+    write_plugin(tmp_path / "plugs", "forgetful", FORGETFUL_BACKEND)
+    config = "[backend]\nbackend = \"forgetful.SequenceLevel\"\n" + REMOTE_PAIR
+    message = explain_error(tmp_path, config + "[algorithm]\ntransform_mode = \"gtpo_sepa\"\n")
+    assert "[algorithm].transform_mode" in message
+    assert "backend 'forgetful.SequenceLevel' trains on one advantage per sequence" in message
+    # Sequence-level credit is what such a backend trains on: accepted.
+    (tmp_path / "c.toml").write_text((tmp_path / "c.toml").read_text().replace('"gtpo_sepa"', '"none"'))
+    assert retrain(tmp_path, "explain", "c.toml").returncode == 0
+
+
+def test_a_bad_transform_does_not_hide_a_backend_engine_mismatch(tmp_path):
+    write_plugin(tmp_path / "plugs", "folder_engine", FOLDER_ENGINE)
+    message = explain_error(tmp_path, "[backend]\nbackend = \"fakes.remote_backend.RemoteBackend\"\n"
+                                      "[backend.options]\nurl = \"http://127.0.0.1:9\"\n"
+                                      "[inference]\nengine = \"folder_engine.FolderEngine\"\nurl = \"http://127.0.0.1:9\"\n"
+                                      "[algorithm]\ntransform_mode = \"no_such_module.transform\"\n")
+    assert "no_such_module" in message
+    assert "engine 'folder_engine.FolderEngine' loads lora_adapter or full_weights" in message
+
+
+def test_a_component_warning_is_printed_before_training(tmp_path):
+    with serve() as (url, _):
+        write_run_folder(tmp_path, url, steps=2)
+        run = retrain(tmp_path, "c.toml", "--backend", "fakes.remote_backend.OutspokenRemoteBackend")
+        assert run.returncode == 0, run.stdout + run.stderr
+        warning = "retrain: warning: c.toml:6 [backend.options].url: points at a test service — nothing to do"
+        assert warning in run.stderr
+        assert run.stderr.index(warning) < run.stderr.index("step 1/2")
