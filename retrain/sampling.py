@@ -19,7 +19,8 @@ from typing import TypeVar
 import numpy as np
 
 from retrain.data.stream import PromptStream
-from retrain.types import Collected, Encoder, Engine, Environment, Example, SampleBatch, SamplingParams
+from retrain.errors import PluginError
+from retrain.types import Collected, Encoder, Engine, Environment, Example, SampleBatch, SamplingParams, Scored
 
 T = TypeVar("T")
 
@@ -53,7 +54,7 @@ class GroupCollector:
 
     def sample_and_score(self, examples: list[Example]) -> Collected:
         scored = self.environment.rollout(examples, self.engine, self.encode, self.settings.params)
-        rewards_P_G = np.asarray(scored.rewards_N, dtype=np.float64).reshape(len(examples), self.settings.group_size)
+        rewards_P_G = checked_rewards(scored, len(examples), self.settings.group_size, type(self.environment).__name__)
         return Collected(examples, scored.samples, rewards_P_G, dict(scored.timings),
                          {"refill_rounds": 0.0, "refill_prompts": 0.0})
 
@@ -65,6 +66,27 @@ class GroupCollector:
 
     def close(self) -> None:
         """Nothing runs in the background here."""
+
+
+def checked_rewards(scored: Scored, prompts: int, group_size: int, who: str) -> np.ndarray:
+    """The round's rewards as ``[P, G]``, after checking that the environment played
+    ``group_size`` episodes per prompt and gave each one finite reward."""
+    expected = prompts * group_size
+    rows = len(scored.samples.texts)
+    rewards_N = np.asarray(scored.rewards_N, dtype=np.float64)
+    fix = "fix the environment's rollout (or the engine / reward it uses)"
+    if rows != expected or scored.samples.group_size != group_size:
+        raise PluginError(f"environment {who} returned {rows} trajectories in groups of {scored.samples.group_size} "
+                          f"for {prompts} prompts x {group_size} episodes (expected {expected} in groups of "
+                          f"{group_size}) — {fix}")
+    if rewards_N.shape != (expected,):
+        raise PluginError(f"environment {who} returned rewards of shape {rewards_N.shape} for {expected} "
+                          f"trajectories — {fix}")
+    if not np.all(np.isfinite(rewards_N)):
+        bad = int(np.flatnonzero(~np.isfinite(rewards_N))[0])
+        raise PluginError(f"environment {who} gave trajectory {bad} the reward {rewards_N[bad]}; rewards must be "
+                          f"finite numbers — {fix}")
+    return rewards_N.reshape(prompts, group_size)
 
 
 def informative_groups(rewards_P_G: np.ndarray) -> np.ndarray:

@@ -215,12 +215,14 @@ POLICY_KINDS: tuple[PolicyKind, ...] = ("in_process", "lora_adapter", "full_weig
 
 @dataclass(frozen=True)
 class InProcessPolicy:
-    """A policy held in this process: the model, its tokenizer, and the lock that whoever
-    changes or reads the weights holds."""
+    """A policy held in this process: the model, its tokenizer, the lock that whoever
+    changes or reads the weights holds, and the version of the weights as they are now
+    (read under the lock, it names exactly the weights a sampler sees)."""
 
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     weights_lock: threading.Lock
+    version: Callable[[], int]
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,8 @@ class LocalTrainer:
         adapter / full model folder ``directory/policy_v<version>`` written atomically."""
         version = self.policy_version
         if kind == "in_process":
-            return PolicyRef(version, kind, in_process=InProcessPolicy(self.model, self.tokenizer, self.weights_lock))
+            return PolicyRef(version, kind, in_process=InProcessPolicy(self.model, self.tokenizer, self.weights_lock,
+                                                                       lambda: self.policy_version))
         wanted = "full_weights" if self.full_finetune else "lora_adapter"
         if kind != wanted:
             raise BackendError(f"the local backend cannot publish {kind} with [model] lora_rank = "

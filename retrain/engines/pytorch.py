@@ -92,7 +92,8 @@ class PyTorchEngine:
                                           self.prefix_caching, self.seed)
         elif self.own_copy:
             sampler.refresh_copy(self.sampler, ref.in_process)
-        self.sampler.policy_version = ref.version
+        # The sampler labels each sample with the version of the weights it really used
+        # (read under the weights lock); this is the version last handed to the engine.
         self.policy_version = ref.version
 
     def generate(self, prompt_token_ids: list[list[int]], params: SamplingParams) -> SampleBatch:

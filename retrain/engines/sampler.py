@@ -33,7 +33,7 @@ import logging
 import os
 import pickle
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,7 @@ class Sampler:
         prefix_caching: bool = True,
         weights_lock: threading.Lock | None = None,
         eos_ids: Sequence[int] | None = None,
+        live_version: Callable[[], int] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -79,6 +80,9 @@ class Sampler:
             raise EngineError("the tokenizer and model define no end-of-sequence token; sampling could never stop")
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
+        # Sharing the trainer's weights, a sample is of whatever version they hold when it
+        # starts (read under the shared lock); an own copy has the version last copied in.
+        self.live_version = live_version
         self.policy_version = 0
         self.spans = SpanDecoder(tokenizer)
         self._cache_name = cache_argument_name(model)
@@ -102,7 +106,7 @@ class Sampler:
                 f"invalid sampling request: n={n}, max_tokens={max_tokens}, temperature={temperature}, top_p={top_p}"
             )
         with self.weights_lock, _eval_mode(self.model), torch.inference_mode():
-            version = self.policy_version
+            version = self.live_version() if self.live_version is not None else self.policy_version
             tokens, logprobs, entropies, lengths, stopped = self._sample(
                 prompt_token_ids, n, max_tokens, temperature, top_p, params.want_entropies
             )
@@ -388,12 +392,15 @@ def attach(policy: InProcessPolicy, device: str, dtype: str, own_copy: bool, pre
         generator.seed()
     if not own_copy:
         return Sampler(policy.model, policy.tokenizer, device=device, generator=generator,
-                       prefix_caching=prefix_caching, weights_lock=policy.weights_lock)
+                       prefix_caching=prefix_caching, weights_lock=policy.weights_lock, live_version=policy.version)
     with policy.weights_lock:
         model = copy.deepcopy(policy.model).to(device=device, dtype=getattr(torch, dtype))
+        version = policy.version()
     model.requires_grad_(False)
     model.eval()
-    return Sampler(model, policy.tokenizer, device=device, generator=generator, prefix_caching=prefix_caching)
+    sampler = Sampler(model, policy.tokenizer, device=device, generator=generator, prefix_caching=prefix_caching)
+    sampler.policy_version = version
+    return sampler
 
 
 def refresh_copy(sampler: Sampler, policy: InProcessPolicy) -> None:
@@ -404,6 +411,7 @@ def refresh_copy(sampler: Sampler, policy: InProcessPolicy) -> None:
         for name, param in policy.model.named_parameters():
             if param.requires_grad:
                 copies[name].copy_(param)
+        sampler.policy_version = policy.version()
 
 
 def save_rng(sampler: Sampler, file: Path) -> None:

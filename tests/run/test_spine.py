@@ -219,3 +219,21 @@ def test_dynamic_sampling_refills_the_batch_with_informative_groups(tmp_path):
         assert cursor["epoch"] * 16 + cursor["position"] == drawn > 24
     finally:
         run.close()
+
+
+def test_an_environment_s_round_is_checked_before_it_is_trained_on():
+    from retrain.credit import synthetic_batch
+    from retrain.errors import PluginError
+    from retrain.sampling import checked_rewards
+    from retrain.types import Scored
+
+    samples = synthetic_batch(num_prompts=2, group_size=4, max_tokens=5, seed=0)
+    rewards = np.array([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+    assert checked_rewards(Scored(samples, rewards, {}), 2, 4, "Env").tolist() == [[1, 0, 0, 1], [0, 0, 0, 1]]
+    with pytest.raises(PluginError, match=r"environment Env returned 8 trajectories in groups of 4 for 3 prompts x 4"):
+        checked_rewards(Scored(samples, rewards, {}), 3, 4, "Env")
+    with pytest.raises(PluginError, match=r"rewards of shape \(7,\) for 8 trajectories"):
+        checked_rewards(Scored(samples, rewards[:7], {}), 2, 4, "Env")
+    rewards[5] = np.nan
+    with pytest.raises(PluginError, match="gave trajectory 5 the reward nan; rewards must be finite"):
+        checked_rewards(Scored(samples, rewards, {}), 2, 4, "Env")
