@@ -15,7 +15,7 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -118,14 +118,25 @@ def restore(run: Run, state: Mapping[str, object]) -> None:
                            "resume from a copy of the run, or start a fresh run") from exc
 
 
+def _load_component_state(what: str, load: Callable[[Path], None], directory: Path) -> None:
+    """``load(directory)``; a state that does not fit the component is named as such, not
+    as a damaged trainer_state.json."""
+    try:
+        load(directory)
+    except (KeyError, TypeError, ValueError, IndexError, OSError) as exc:
+        raise RetrainError(f"cannot resume: the {what} could not load its state from {directory} "
+                           f"({type(exc).__name__}: {exc}) — a checkpoint of another model, other settings or a "
+                           "damaged copy; resume from an earlier checkpoint, or start a fresh run") from exc
+
+
 def _restore(run: Run, state: Mapping[str, object]) -> None:
     checkpoint = run.log_dir / str(state["checkpoint"])
-    run.backend.load_state(checkpoint / BACKEND_STATE)
+    _load_component_state("backend", run.backend.load_state, checkpoint / BACKEND_STATE)
     if run.backend.policy_version != state["policy_version"]:
         raise ValueError(f"the backend restored policy version {run.backend.policy_version}, the trainer state "
                          f"records {state['policy_version']}")
     run.publisher.publish_now()
-    run.engine.load_state(checkpoint / ENGINE_STATE)
+    _load_component_state("engine", run.engine.load_state, checkpoint / ENGINE_STATE)
     data = state["data"]
     credit = state["credit"]
     rng = state["rng"]

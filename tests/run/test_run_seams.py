@@ -318,3 +318,14 @@ def test_a_component_warning_is_printed_before_training(tmp_path):
         warning = "retrain: warning: c.toml:6 [backend.options].url: points at a test service — nothing to do"
         assert warning in run.stderr
         assert run.stderr.index(warning) < run.stderr.index("step 1/2")
+
+
+def test_a_plugin_state_that_does_not_load_is_named_as_the_plugin_s(tmp_path):
+    with serve() as (url, _):
+        write_run_folder(tmp_path, url, steps=5)
+        assert retrain(tmp_path, "c.toml").returncode == 0
+        (tmp_path / "logs" / "checkpoints" / "step_5" / "engine" / "requests.json").unlink()
+        resumed = retrain(tmp_path, "--resume", "logs", "--max-steps", "6")
+        assert resumed.returncode == 2 and "Traceback" not in resumed.stderr, resumed.stderr
+        assert "cannot resume: the engine could not load its state from logs/checkpoints/step_5/engine" in resumed.stderr
+        assert "FileNotFoundError" in resumed.stderr and "trainer_state.json" not in resumed.stderr
