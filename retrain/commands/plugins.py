@@ -65,11 +65,16 @@ def builtins_listing() -> dict[str, list[BuiltinEntry]]:
 
 def builtin_summary(kind: str, name: str) -> tuple[str, str]:
     """(description, settings read) of one built-in. Credit stages are imported (numpy
-    only) and describe themselves; the other kinds are described without importing."""
-    if kind in BUILTIN_DESCRIPTIONS:
-        return BUILTIN_DESCRIPTIONS[kind][name]
+    only) and describe themselves; the other kinds are described from the table in
+    ``retrain.registry`` without importing, or else by their class docstring."""
     from retrain.credit.stages import description_of, settings_read
 
+    if kind in BUILTIN_DESCRIPTIONS:
+        if name in BUILTIN_DESCRIPTIONS[kind]:
+            return BUILTIN_DESCRIPTIONS[kind][name]
+        if not registry_names.shipped(kind, name):
+            return "", ""
+        return description_of(resolve(kind, name, PluginsConfig())), ""
     resolved = resolve(kind, name, PluginsConfig())
     if kind == "algorithm":
         _, transform = registry_names.ALGORITHM_RECIPES[name]

@@ -221,3 +221,13 @@ def test_a_backend_without_encode_prompt_is_refused_when_it_loads(tmp_path, caps
     with pytest.raises(PluginSignatureError, match=r"no method encode_prompt\(\).*encode_prompt\(messages\) -> list\[int\]"):
         resolve("backend", "no_encoder.NoEncoder", plugins, tmp_path)
 
+
+
+def test_a_component_added_by_its_registry_line_alone_is_listed_from_its_docstring(monkeypatch):
+    from retrain import registry_names
+    from retrain.commands.plugins import builtins_listing
+
+    monkeypatch.setitem(registry_names.ENGINES, "second_pytorch", "retrain.engines.pytorch:PyTorchEngine")
+    monkeypatch.setitem(registry_names.BUILTINS, "engine", registry_names.ENGINES)
+    (entry,) = [entry for entry in builtins_listing()["engine"] if entry["name"] == "second_pytorch"]
+    assert entry["available"] and entry["description"].startswith("Samples in this process")
