@@ -226,6 +226,8 @@ def plan_run(resolved: ResolvedConfig) -> RunPlan:
     credit = planner.credit()
     needs_planning = credit is not None and credit.needs_planning
     planning = planner.resolve("planning", config.planning.detector) if needs_planning else None
+    if planning is not None:
+        planner.own_issues("planning", planning)
     backend_caps = planner.declared("backend", backend, BackendCapabilities) if backend else None
     engine_caps = planner.declared("engine", engine, EngineCapabilities) if engine else None
     publication = None
@@ -260,6 +262,10 @@ def plan_environment(planner: _Planner) -> Callable[[Config], Environment] | Non
     data = planner.resolve("data", config.data.source)
     reward = planner.resolve("reward", config.reward.plugin_name)
     if data is None or reward is None:
+        return None
+    # Both report what they can about the config (a reward's missing API key, say) now,
+    # not after the model has loaded.
+    if not (planner.own_issues("data", data) & planner.own_issues("reward", reward)):
         return None
     return functools.partial(SingleTurn, data=data.obj, reward=reward_factory(reward))
 

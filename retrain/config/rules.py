@@ -62,9 +62,6 @@ def _reward(config: Config, sources: Sources) -> list[ConfigIssue]:
     if reward.type == "custom" and not reward.custom_module:
         return [_issue(sources, "reward", "custom_module", "type = \"custom\" needs the module holding the function",
                        "set custom_module, e.g. \"my_rewards\" (with custom_function = \"score\")")]
-    if reward.type == "judge" and not reward.judge_model:
-        return [_issue(sources, "reward", "judge_model", "type = \"judge\" needs a judge model",
-                       "set judge_model, e.g. \"gpt-4o-mini\"")]
     if reward.type != "custom" and reward.custom_module:
         return [_issue(sources, "reward", "custom_module", f"is only used with type = \"custom\" (type is \"{reward.type}\")",
                        "set type = \"custom\" or remove custom_module")]

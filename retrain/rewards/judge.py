@@ -98,6 +98,11 @@ class JudgeReward:
     ``sleep`` is the wait used between retries.
     """
 
+    @classmethod
+    def config_issues(cls, config: Config) -> list[ConfigIssue]:
+        """What stops the judge from being called, found before any model loads."""
+        return judge_issues(config, os.environ)
+
     def __init__(
         self,
         config: Config,
@@ -111,19 +116,12 @@ class JudgeReward:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         environ = os.environ if environ is None else environ
+        issues = judge_issues(config, environ)
+        if issues:
+            raise ConfigError(issues)
         self.model = config.reward.judge_model
-        if not self.model:
-            raise ConfigError(ConfigIssue("", "reward", "judge_model", "type = \"judge\" needs a judge model",
-                                          "set judge_model, e.g. \"gpt-4o-mini\""))
         self.base_url = (environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.api_key = environ.get("OPENAI_API_KEY", "")
-        if not self.api_key and self.base_url == DEFAULT_BASE_URL:
-            raise ConfigError(ConfigIssue(
-                "env OPENAI_API_KEY", "reward", "type",
-                "the judge reward calls the OpenAI API, and OPENAI_API_KEY is not set",
-                "export OPENAI_API_KEY (or put it in .env), or point OPENAI_BASE_URL at another "
-                "OpenAI-compatible server",
-            ))
         self.url = f"{self.base_url}/chat/completions"
         self.strict = config.plugins.strict
         self.max_concurrency = max_concurrency
@@ -224,3 +222,18 @@ def _reply_content(payload: bytes, url: str) -> str:
             "OPENAI_BASE_URL must point at an OpenAI-compatible /v1 API"
         ) from error
     return content if isinstance(content, str) else ""
+
+
+def judge_issues(config: Config, environ: Mapping[str, str]) -> list[ConfigIssue]:
+    """A judge model must be named, and the OpenAI API needs a key (another
+    OpenAI-compatible server, through OPENAI_BASE_URL, may not)."""
+    if not config.reward.judge_model:
+        return [ConfigIssue("", "reward", "judge_model", "type = \"judge\" needs a judge model",
+                            "set judge_model, e.g. \"gpt-4o-mini\"")]
+    base_url = (environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    if not environ.get("OPENAI_API_KEY") and base_url == DEFAULT_BASE_URL:
+        return [ConfigIssue("env OPENAI_API_KEY", "reward", "type",
+                            "the judge reward calls the OpenAI API, and OPENAI_API_KEY is not set",
+                            "export OPENAI_API_KEY (or put it in .env), or point OPENAI_BASE_URL at another "
+                            "OpenAI-compatible server")]
+    return []

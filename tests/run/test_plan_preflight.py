@@ -126,3 +126,18 @@ def test_a_plugin_backend_is_held_to_its_capabilities_before_any_model_loads(tmp
     assert "engine 'pytorch' loads in_process but backend 'engineless.EnginelessBackend' publishes remote" \
         in result.stderr
     assert "0 (full fine-tuning) is not supported by backend 'engineless.EnginelessBackend'" in result.stderr
+
+
+def test_the_judge_reward_s_missing_api_key_is_found_by_explain(tmp_path: Path) -> None:
+    import os
+
+    config = tmp_path / "c.toml"
+    config.write_text('[reward]\ntype = "judge"\njudge_model = "gpt-4o-mini"\n')
+    env = {name: value for name, value in os.environ.items() if not name.startswith("OPENAI_")}
+    result = subprocess.run([sys.executable, "-m", "retrain", "explain", str(config)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "env OPENAI_API_KEY [reward].type: the judge reward calls the OpenAI API" in result.stderr
+    env["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"  # another OpenAI-compatible server needs no key
+    assert subprocess.run([sys.executable, "-m", "retrain", "explain", str(config)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, check=False).returncode == 0
