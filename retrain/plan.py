@@ -355,10 +355,6 @@ def preflight_issues(config: Config, needs_planning: bool,
         if importlib.util.find_spec(module) is None:
             issues.append(ConfigIssue("", section, key, f"{feature} needs the Python package '{module}', which is "
                                       "not installed", f"install it with: pip install 'retrain[{extra}]'"))
-    data = config.data
-    if not config.environment.provider and data.source == "jsonl" and data.path and not Path(data.path).is_file():
-        issues.append(ConfigIssue("", "data", "path", f"{data.path} is not a file",
-                                  "fix the path (relative paths start at the current directory)"))
     if needs_planning and config.planning.detector == "regex":
         try:
             parse_strategic_grams(config.logging.strategic_grams)

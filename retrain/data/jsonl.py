@@ -94,22 +94,33 @@ class JsonlSource:
         raw = Path(config.data.path)
         self.path = raw if raw.is_absolute() or base_dir is None else base_dir / raw
 
+    @classmethod
+    def config_issues(cls, config: Config) -> list[ConfigIssue]:
+        """Every problem of the file, found by ``retrain explain`` before any model loads
+        (the file is read again when the run starts)."""
+        return cls(config)._load()[1]
+
     def examples(self) -> list[Example]:
-        data = self.config.data
-        if not data.path:
-            raise ConfigError(ConfigIssue("", "data", "path", "source = \"jsonl\" needs the file to read",
-                                          "set path, e.g. \"data/train.jsonl\""))
-        if not self.path.is_file():
-            raise ConfigError(ConfigIssue("", "data", "path", f"{self.path} is not a file",
-                                          "fix the path (relative paths start at the current directory)"))
-        examples, issues = self._read()
+        examples, issues = self._load()
         if issues:
             raise ConfigError(issues)
-        if not examples:
-            raise ConfigError(ConfigIssue(str(self.path), "data", "path", "the file holds no examples",
-                                          "add lines like {\"prompt\": \"...\", \"answer\": \"...\"}"))
         limit = self.config.training.max_examples
         return examples[:limit] if limit else examples
+
+    def _load(self) -> tuple[list[Example], list[ConfigIssue]]:
+        if not self.config.data.path:
+            return [], [ConfigIssue("", "data", "path", "source = \"jsonl\" needs the file to read",
+                                    "set path, e.g. \"data/train.jsonl\"")]
+        if not self.path.is_file():
+            return [], [ConfigIssue("", "data", "path", f"{self.path} is not a file",
+                                    "fix the path (relative paths start at the current directory)")]
+        examples, issues = self._read()
+        if issues:
+            return [], issues
+        if not examples:
+            return [], [ConfigIssue(str(self.path), "data", "path", "the file holds no examples",
+                                    "add lines like {\"prompt\": \"...\", \"answer\": \"...\"}")]
+        return examples, []
 
     def _read(self) -> tuple[list[Example], list[ConfigIssue]]:
         examples: list[Example] = []

@@ -141,3 +141,12 @@ def test_the_judge_reward_s_missing_api_key_is_found_by_explain(tmp_path: Path) 
     env["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"  # another OpenAI-compatible server needs no key
     assert subprocess.run([sys.executable, "-m", "retrain", "explain", str(config)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, check=False).returncode == 0
+
+
+def test_explain_reads_a_jsonl_file_through_and_names_its_bad_lines(tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2="}\nnot json\n')
+    config = tmp_path / "c.toml"
+    config.write_text('[data]\nsource = "jsonl"\npath = "train.jsonl"\n')
+    result = explain(config, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "train.jsonl:2 [data].path" in result.stderr and "train.jsonl:3 [data].path" in result.stderr
