@@ -31,7 +31,7 @@ from retrain.config.loader import ResolvedConfig, replace_setting
 from retrain.config.schema import ALL_FIELDS, Config
 from retrain.credit import CreditPipeline, build_credit_pipeline
 from retrain.errors import ConfigError, ConfigIssue, PluginError
-from retrain.registry import ResolvedPlugin, resolve
+from retrain.registry import ResolvedPlugin, resolve, search_locations
 from retrain.environments.single_turn import SingleTurn
 from retrain.rewards.custom import CustomReward
 from retrain.types import (
@@ -95,22 +95,12 @@ def with_absolute_search_paths(resolved: ResolvedConfig) -> Config:
     """``[plugins] search_paths`` made absolute (relative ones start at the config file's
     folder), so every later lookup, and the snapshot a resumed run loads from its
     log_dir, finds the same plugins."""
-    base = config_base_dir(resolved)
-    paths = [_absolute_directory(path, base) for path in resolved.config.plugins.search_paths]
+    locations = search_locations(resolved.config.plugins, config_base_dir(resolved))
+    # An entry naming a directory becomes its absolute path; a module prefix stays as written.
+    paths = [str(location.directory) if location.directory is not None else location.entry for location in locations]
     if paths == list(resolved.config.plugins.search_paths):
         return resolved.config
     return replace_setting(resolved.config, "plugins.search_paths", paths)
-
-
-def _absolute_directory(entry: str, base: Path) -> str:
-    """A relative entry naming a directory (under the config's folder, then the working
-    directory, as the registry looks) as an absolute path; any other entry as written."""
-    if Path(entry).is_absolute():
-        return entry
-    for candidate in (base / entry, Path.cwd() / entry):
-        if candidate.is_dir():
-            return str(candidate.resolve())
-    return entry
 
 
 # The setting that names each component kind.
