@@ -234,24 +234,15 @@ def test_a_server_url_no_component_reads_is_refused(tmp_path):
     assert "[inference].url: is read by neither backend 'local' nor engine 'pytorch'" in message
 
 
-FORGETFUL_BACKEND = """
+FORGETFUL_BACKEND = NO_CAPABILITIES + """
 from retrain.plugin_api import BackendCapabilities, ConfigIssue
 
 
-class RemoteBackend:
+class RemoteBackend(Bare):
     @classmethod
     def capabilities(cls, config):
         return BackendCapabilities(publishes=("remote",), reports_loss=True, preserves_token_advantages=True,
                                    exact_resume=True, reads=("backend.options.url",))
-
-    def __init__(self, config): pass
-    def encode_prompt(self, messages): return [1]
-    def train_step(self, batch): pass
-    def publish(self, kind, directory): pass
-    def save_adapter(self, path): pass
-    def save_state(self, directory): pass
-    def load_state(self, directory): pass
-    def close(self): pass
 
 
 class NoReturn(RemoteBackend):
