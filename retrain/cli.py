@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from retrain import __version__
-from retrain.errors import RetrainError
+from retrain.errors import RetrainError, UsageError
 
 # Subcommand -> (module, one-line description). "train" is the default command.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -61,10 +61,17 @@ def load_dotenv_file(directory: Path | None = None) -> None:
         return
     from dotenv import dotenv_values
 
-    for name, value in dotenv_values(path).items():
+    try:
+        values = dotenv_values(path)
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}) — save it as UTF-8, or remove "
+                         "it") from exc
+    for name, value in values.items():
         if value is not None and name not in os.environ:
             os.environ[name] = value
 
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # The exit status of a process killed by SIGPIPE, as a shell reports it (128 + 13).
 BROKEN_PIPE_EXIT_CODE = 141
@@ -107,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=os.environ.get("RETRAIN_LOG_LEVEL", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s")
+    level = os.environ.get("RETRAIN_LOG_LEVEL", "WARNING").strip().upper() or "WARNING"
+    if level not in LOG_LEVELS:
+        print(f"retrain: RETRAIN_LOG_LEVEL={os.environ['RETRAIN_LOG_LEVEL']!r} is not a log level — use one of "
+              f"{', '.join(LOG_LEVELS)}, or unset it", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args[:1] in (["-h"], ["--help"]):
         print(usage())
         return 0

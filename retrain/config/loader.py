@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,10 +118,26 @@ def parse_toml_text(text: str, label: str) -> dict[str, object]:
         ) from exc
 
 
+# A config is a page of settings; anything this large is not one (and reading, say,
+# /dev/zero would never end).
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
 def read_config_bytes(path: Path) -> bytes:
-    """The bytes of a config file, or a ``ConfigError`` saying why they cannot be read."""
+    """The bytes of a config file, or a ``ConfigError`` saying why they cannot be read:
+    a missing file, a FIFO or device (reading it could block forever), a file over
+    ``MAX_CONFIG_BYTES``."""
     try:
-        return path.read_bytes()
+        kind = path.stat().st_mode
+        if not stat.S_ISREG(kind):
+            raise ConfigError(ConfigIssue(str(path), "", "", "not a regular file (a FIFO, device or directory)",
+                                          "give the path of a TOML file"))
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(ConfigIssue(str(path), "", "", f"larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MB, "
+                                          "which no config is", "give the path of a TOML config file"))
+        return raw
     except FileNotFoundError as exc:
         fix = "run `retrain init` to write a starter config" if path.name == DEFAULT_CONFIG else "check the path"
         raise ConfigError(ConfigIssue(str(path), "", "", "config file not found", fix)) from exc
@@ -131,7 +148,8 @@ def read_config_bytes(path: Path) -> bytes:
 def decode_config(raw: bytes, label: str) -> str:
     """Config bytes as text; binary or non-UTF-8 data is a ``ConfigError``."""
     try:
-        text = raw.decode("utf-8")
+        # A byte-order mark (some Windows editors write one) is not part of the TOML.
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise ConfigError(
             ConfigIssue(f"{label}:byte {exc.start}", "", "", "not a UTF-8 text file", "a config must be TOML text")

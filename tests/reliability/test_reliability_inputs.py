@@ -1,0 +1,56 @@
+"""Hostile inputs to the command line: each is a clean error (exit 2, no traceback), never
+a hang, an exhausted memory or a silent exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def retrain(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "retrain", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, check=False, env={**os.environ, **(env or {})})
+
+
+def refused(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("args", [["--version"], ["explain"]])
+def test_a_log_level_that_is_not_one_is_named(tmp_path: Path, args: list[str]) -> None:
+    refused(retrain(tmp_path, *args, env={"RETRAIN_LOG_LEVEL": "garbage"}),
+            "RETRAIN_LOG_LEVEL='garbage' is not a log level — use one of DEBUG, INFO, WARNING")
+
+
+def test_a_dotenv_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"OPENAI_API_KEY=\xff\xfe\n")
+    (tmp_path / "retrain.toml").write_text((REPO / "retrain.toml").read_text())
+    refused(retrain(tmp_path, "explain"), ".env is not UTF-8 text", "save it as UTF-8")
+
+
+def test_a_config_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_bytes(b"\xef\xbb\xbf" + (REPO / "retrain.toml").read_bytes())
+    result = retrain(tmp_path, "explain", "c.toml")
+    assert result.returncode == 0 and result.stdout.startswith("c.toml: valid"), result.stderr
+
+
+def test_a_fifo_a_device_and_a_folder_are_refused_without_reading(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.toml")  # reading it would block until a writer came
+    for path in (str(tmp_path / "pipe.toml"), "/dev/zero", str(tmp_path)):
+        refused(retrain(tmp_path, "explain", path), f"{path}: not a regular file")
+
+
+def test_a_huge_config_is_refused_by_its_size(tmp_path: Path) -> None:
+    from retrain.config.loader import MAX_CONFIG_BYTES
+
+    (tmp_path / "big.toml").write_text("# " + "x" * MAX_CONFIG_BYTES + "\n")
+    refused(retrain(tmp_path, "explain", "big.toml"), "big.toml: larger than 4 MB")
