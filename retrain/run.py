@@ -326,11 +326,24 @@ def run_training(resolved: ResolvedConfig, warn: Callable[[ConfigIssue], None] |
     plan = plan_run(dataclasses.replace(resolved, config=config, warnings=list(resolved.warnings)))
     for warning in plan.resolved.warnings:
         (warn or _log_warning)(warning)
+    if state is None:
+        refuse_overwriting_the_config(resolved, config)
     lock = claim_output_dirs(config, resuming=state is not None)
     try:
         return _train(plan, state)
     finally:
         lock.close()
+
+
+def refuse_overwriting_the_config(resolved: ResolvedConfig, config: Config) -> None:
+    """A new run writes its snapshot to ``<log_dir>/config.toml``; when that is the file
+    the user gave (``--log-dir .`` next to a config.toml), writing it would replace their
+    comments and blanked secrets for good."""
+    snapshot = Path(config.logging.log_dir) / CONFIG_FILE
+    if resolved.path is not None and snapshot.exists() and snapshot.resolve() == Path(resolved.path).resolve():
+        raise RetrainError(f"{resolved.path} is the config you gave, and the run would write its snapshot "
+                           f"over it ({snapshot}); nothing was changed — choose another --log-dir, or rename "
+                           "the config")
 
 
 def _log_warning(warning: ConfigIssue) -> None:

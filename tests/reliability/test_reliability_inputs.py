@@ -54,3 +54,13 @@ def test_a_huge_config_is_refused_by_its_size(tmp_path: Path) -> None:
 
     (tmp_path / "big.toml").write_text("# " + "x" * MAX_CONFIG_BYTES + "\n")
     refused(retrain(tmp_path, "explain", "big.toml"), "big.toml: larger than 4 MB")
+
+
+def test_the_config_given_is_never_overwritten_by_the_run_s_snapshot(tmp_path: Path) -> None:
+    text = (REPO / "retrain.toml").read_text() + "# my own notes\n"
+    (tmp_path / "config.toml").write_text(text)
+    for args in (["config.toml", "--log-dir", "."], [str(tmp_path / "config.toml"), "--log-dir", str(tmp_path)]):
+        refused(retrain(tmp_path, *args, "--max-steps", "1"), "is the config you gave",
+                "nothing was changed — choose another --log-dir")
+        assert (tmp_path / "config.toml").read_text() == text
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "trainer_state.json").exists()
