@@ -55,6 +55,14 @@ def default_config(overrides: list[Override]) -> str:
     return str(snapshot)
 
 
+def _number(value: object) -> str:
+    """A metric for the summary line: three decimals, or three significant digits when
+    that would take more than a line (a reward of 1e300)."""
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    return f"{value:.3f}" if abs(value) < 1e6 else f"{value:.3e}"
+
+
 def main(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         print(flags_help())
@@ -69,8 +77,13 @@ def main(argv: list[str]) -> int:
     # before any model loads.
     summary = run_training(resolved, warn=lambda warning: print(f"retrain: warning: {warning}", file=sys.stderr))
     row = summary.last_row
-    print(f"finished {summary.steps} steps: reward_mean {row.get('reward_mean', float('nan')):.3f}, "
-          f"correct_rate {row.get('correct_rate', float('nan')):.3f}")
+    if not row:
+        # A resumed run whose max_steps it had already reached: nothing was trained.
+        print(f"nothing to train: {summary.log_dir} already has {summary.steps} steps — give --max-steps larger "
+              f"than {summary.steps} to continue it")
+    else:
+        print(f"finished {summary.steps} steps: reward_mean {_number(row.get('reward_mean'))}, "
+              f"correct_rate {_number(row.get('correct_rate'))}")
     print(f"  adapter:  {summary.final_adapter}")
     print(f"  logs:     {summary.log_dir}")
     print(f"  metrics:  {summary.log_dir / 'metrics.jsonl'}")

@@ -64,3 +64,10 @@ def test_the_config_given_is_never_overwritten_by_the_run_s_snapshot(tmp_path: P
                 "nothing was changed — choose another --log-dir")
         assert (tmp_path / "config.toml").read_text() == text
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "trainer_state.json").exists()
+
+
+def test_the_summary_line_keeps_a_huge_reward_to_a_few_digits() -> None:
+    from retrain.commands.train import _number
+
+    assert (_number(0.98765), _number(1e300), _number(-2.5e7), _number(None)) == ("0.988", "1.000e+300", "-2.500e+07",
+                                                                                  "n/a")

@@ -237,3 +237,13 @@ def test_a_resumed_run_finds_plugins_next_to_the_original_config(tmp_path: Path,
     assert resumed.returncode == 0, describe(resumed)
     explicit = run_retrain(workdir, retrain_cache, "project/c.toml", "--resume", "L1", "--max-steps", "3", *flags)
     assert explicit.returncode == 0, describe(explicit)
+
+
+def test_resuming_a_run_that_has_all_its_steps_says_there_is_nothing_to_train(tmp_path: Path,
+                                                                              retrain_cache: Path) -> None:
+    workdir = workdir_with_default_config(tmp_path)
+    assert run_retrain(workdir, retrain_cache, "--max-steps", "2").returncode == 0
+    again = run_retrain(workdir, retrain_cache, "--resume", str(DEFAULT_LOG_DIR), "--max-steps", "2")
+    assert again.returncode == 0, describe(again)
+    assert again.stdout.startswith(f"nothing to train: {DEFAULT_LOG_DIR} already has 2 steps"), again.stdout
+    assert "nan" not in again.stdout
