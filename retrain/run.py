@@ -258,11 +258,16 @@ def terminate_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def resume_context(config: Config) -> tuple[Config, dict[str, object] | None]:
-    """The config a run continues with, and the state it resumes from (None: a fresh run)."""
+def resume_context(config: Config, log_dir_given: str = "") -> tuple[Config, dict[str, object] | None]:
+    """The config a run continues with, and the state it resumes from (None: a fresh run).
+    ``log_dir_given`` is where a log_dir was set outside the snapshot (a flag, the
+    environment), if it was: a resumed run cannot move, so that is refused, not ignored."""
     resume_dir = Path(config.resume.from_) if config.resume.from_ else None
     if resume_dir is None:
         return config, None
+    if log_dir_given and Path(config.logging.log_dir).resolve() != resume_dir.resolve():
+        raise RetrainError(f"{log_dir_given} {config.logging.log_dir}: a resumed run continues in its own folder "
+                           f"({resume_dir}) — remove it (to branch a run, copy its folder and resume the copy)")
     if Path(config.logging.log_dir) != resume_dir:
         logger.info("resuming into %s (the run's own log_dir)", resume_dir)
         config = replace_setting(config, "logging.log_dir", str(resume_dir))
@@ -322,7 +327,9 @@ def train_loop(run: Run, skipped_updates: int) -> dict[str, object]:
 def run_training(resolved: ResolvedConfig, warn: Callable[[ConfigIssue], None] | None = None) -> RunSummary:
     """Plan, build, (resume,) train and checkpoint a run; ``warn`` receives every warning
     about the config, the components' included, once the plan is made."""
-    config, state = resume_context(with_absolute_search_paths(resolved))
+    given = resolved.sources.get(("logging", "log_dir"), "")
+    config, state = resume_context(with_absolute_search_paths(resolved),
+                                   given if given.startswith(("CLI", "env")) else "")
     plan = plan_run(dataclasses.replace(resolved, config=config, warnings=list(resolved.warnings)))
     for warning in plan.resolved.warnings:
         (warn or _log_warning)(warning)

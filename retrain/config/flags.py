@@ -125,7 +125,20 @@ def parse_run_args(argv: list[str], command_options: dict[str, bool]) -> RunArgs
         else:
             value, index = _value(name, has_inline, inline, argv, index)
         result.overrides.append(Override((spec.section, spec.toml_key), value, f"CLI {name}"))
+    _refuse_repeated(result.overrides)
     return result
+
+
+def _refuse_repeated(overrides: list[Override]) -> None:
+    """One setting given twice (``--lr 1 --lr 2``, or ``--lr`` and ``--training.lr``): the
+    command line says two things, so it is refused rather than letting the last win."""
+    first: dict[tuple[str, ...], Override] = {}
+    for override in overrides:
+        earlier = first.setdefault(override.path, override)
+        if earlier is not override:
+            where = ".".join(override.path[:2]) + "".join(f" {part}" for part in override.path[2:])
+            raise UsageError(f"{earlier.where.removeprefix('CLI ')} {earlier.raw} and "
+                             f"{override.where.removeprefix('CLI ')} {override.raw} both set {where}; give it once")
 
 
 def _is_number(token: str) -> bool:

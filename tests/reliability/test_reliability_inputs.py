@@ -71,3 +71,10 @@ def test_the_summary_line_keeps_a_huge_reward_to_a_few_digits() -> None:
 
     assert (_number(0.98765), _number(1e300), _number(-2.5e7), _number(None)) == ("0.988", "1.000e+300", "-2.500e+07",
                                                                                   "n/a")
+
+
+@pytest.mark.parametrize("flags", [["--lr", "1", "--lr", "2"], ["--lr", "1", "--training.lr", "2"],
+                                   ["--lr=1", "--training-lr", "2"]])
+def test_a_setting_given_twice_on_the_command_line_is_refused(tmp_path: Path, flags: list[str]) -> None:
+    (tmp_path / "retrain.toml").write_text((REPO / "retrain.toml").read_text())
+    refused(retrain(tmp_path, "explain", *flags), "both set training.lr; give it once")

@@ -247,3 +247,15 @@ def test_resuming_a_run_that_has_all_its_steps_says_there_is_nothing_to_train(tm
     assert again.returncode == 0, describe(again)
     assert again.stdout.startswith(f"nothing to train: {DEFAULT_LOG_DIR} already has 2 steps"), again.stdout
     assert "nan" not in again.stdout
+
+
+def test_a_log_dir_flag_on_resume_is_refused_not_ignored(tmp_path: Path, retrain_cache: Path) -> None:
+    workdir = workdir_with_default_config(tmp_path)
+    assert run_retrain(workdir, retrain_cache, "--max-steps", "1").returncode == 0
+    moved = run_retrain(workdir, retrain_cache, "--resume", str(DEFAULT_LOG_DIR), "--max-steps", "2",
+                        "--log-dir", "logs/elsewhere")
+    refused(moved, "CLI --log-dir logs/elsewhere: a resumed run continues in its own folder", "copy its folder")
+    assert not (workdir / "logs" / "elsewhere").exists()
+    same = run_retrain(workdir, retrain_cache, "--resume", str(DEFAULT_LOG_DIR), "--max-steps", "2",
+                       "--log-dir", str(DEFAULT_LOG_DIR))
+    assert same.returncode == 0, describe(same)
