@@ -34,6 +34,7 @@ from retrain.errors import ConfigError, ConfigIssue, PluginError
 from retrain.registry import ResolvedPlugin, resolve, search_locations
 from retrain.environments.single_turn import SingleTurn
 from retrain.rewards.custom import CustomReward
+from retrain.run_dirs import output_dir_issues
 from retrain.types import (
     Backend,
     BackendCapabilities,
@@ -345,6 +346,7 @@ def preflight_issues(config: Config, needs_planning: bool,
         if importlib.util.find_spec(module) is None:
             issues.append(ConfigIssue("", section, key, f"{feature} needs the Python package '{module}', which is "
                                       "not installed", f"install it with: pip install 'retrain[{extra}]'"))
+    issues.extend(output_dir_issues(config))
     if needs_planning and config.planning.detector == "regex":
         try:
             parse_strategic_grams(config.logging.strategic_grams)

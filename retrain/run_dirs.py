@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from pathlib import Path
 from typing import IO
 
 from retrain.atomic import write_atomic
 from retrain.config.schema import Config
-from retrain.errors import RetrainError
+from retrain.errors import ConfigIssue, RetrainError
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,24 @@ def _run_exists(log_dir: Path) -> bool:
     except BlockingIOError:
         return True
     return False
+
+
+def output_dir_issues(config: Config) -> list[ConfigIssue]:
+    """Whether ``[logging] log_dir`` and the adapter folder could be created and written,
+    judged from the nearest folder that exists (so ``explain`` can tell, creating nothing)."""
+    issues = []
+    for section, key, folder in (("logging", "log_dir", Path(config.logging.log_dir)),
+                                 ("backend", "adapter_path", adapter_dir(config))):
+        existing = next((parent for parent in (folder, *folder.absolute().parents) if parent.exists()), None)
+        if existing is None:
+            continue
+        if not existing.is_dir():
+            issues.append(ConfigIssue("", section, key, f"{folder} cannot be created: {existing} is a file",
+                                      "choose a folder this user can create and write to"))
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            issues.append(ConfigIssue("", section, key, f"{folder} cannot be written: {existing} is not writable by "
+                                      "this user", "choose a folder this user can create and write to"))
+    return issues
 
 
 def adapter_dir(config: Config) -> Path:

@@ -78,3 +78,12 @@ def test_the_summary_line_keeps_a_huge_reward_to_a_few_digits() -> None:
 def test_a_setting_given_twice_on_the_command_line_is_refused(tmp_path: Path, flags: list[str]) -> None:
     (tmp_path / "retrain.toml").write_text((REPO / "retrain.toml").read_text())
     refused(retrain(tmp_path, "explain", *flags), "both set training.lr; give it once")
+
+
+def test_explain_checks_the_output_folders_a_run_would_create(tmp_path: Path) -> None:
+    (tmp_path / "retrain.toml").write_text((REPO / "retrain.toml").read_text())
+    (tmp_path / "afile").write_text("not a folder")
+    refused(retrain(tmp_path, "explain", "--log-dir", "afile/inside"),
+            "CLI --log-dir [logging].log_dir: afile/inside cannot be created:", "afile is a file")
+    assert retrain(tmp_path, "explain", "--log-dir", "new/run").returncode == 0
+    assert not (tmp_path / "new").exists()  # explain creates nothing
