@@ -36,7 +36,7 @@ import numpy as np
 
 from retrain.config.schema import Config
 from retrain.optional import require_module
-from retrain.rewards.answers import final_answer, normalize_answer
+from retrain.rewards.answers import final_answer, last_boxed, normalize_answer
 from retrain.rewards.base import RewardError, examples_per_completion
 from retrain.types import Example
 
@@ -55,8 +55,14 @@ def equivalent(math_verify: ModuleType, text: str, reference: str, timeout_s: in
                gold_cache: dict[str, list[object]]) -> tuple[bool, bool]:
     """(whether ``text``'s answer equals ``reference``, whether math-verify parsed ``reference``).
 
-    An unparsable reference is compared as a normalized string instead.
+    The answer is the completion's last box (a model that writes ``\\boxed{8} wait, no:
+    \\boxed{7}`` answers 7), or its whole text when it has none; an empty answer, or an
+    empty reference, never matches. An unparsable reference is compared as a normalized
+    string instead.
     """
+    boxed = last_boxed(text)
+    if (boxed is not None and not boxed.strip()) or not reference.strip():
+        return False, True
     if reference not in gold_cache:
         # Completions of one prompt share a reference: parse it once.
         gold_cache[reference] = math_verify.parse(
@@ -67,7 +73,7 @@ def equivalent(math_verify: ModuleType, text: str, reference: str, timeout_s: in
     gold = gold_cache[reference]
     if not gold:
         return normalize_answer(final_answer(text)) == normalize_answer(reference), False
-    answer = math_verify.parse(text, parsing_timeout=timeout_s)
+    answer = math_verify.parse(text if boxed is None else "\\boxed{" + boxed + "}", parsing_timeout=timeout_s)
     if not answer:
         return False, True
     return bool(math_verify.verify(gold, answer, timeout_seconds=timeout_s)), True

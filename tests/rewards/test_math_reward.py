@@ -107,13 +107,13 @@ def test_a_completion_past_the_deadline_scores_zero_off_the_main_thread(tmp_path
     (tmp_path / "never_ending_verifier.py").write_text(FAKE_VERIFIER)
     monkeypatch.syspath_prepend(str(tmp_path))
     reward = MathReward(Config(reward=RewardConfig(type="math")), timeout_s=1, verifier="never_ending_verifier")
-    texts = [r"\boxed{4}", r"\boxed{4} hang", r"\boxed{4}"]
+    texts = [r"\boxed{4}", r"\boxed{4 hang}", r"\boxed{4}"]
     with caplog.at_level("WARNING", logger="retrain.rewards.math"):
         rewards, elapsed = _score_on_a_thread(reward, texts, [_example("4")])
     # The stuck completion scores 0.0 and the helper that replaces it scores the next one.
     assert rewards == [1.0, 0.0, 1.0]
     assert elapsed < DEADLINE_FACTOR * 1 + 30  # the deadline, plus starting two helpers
-    assert f"took more than {DEADLINE_FACTOR} s and was stopped; it scores 0.0: '\\\\boxed{{4}} hang'" in caplog.text
+    assert f"took more than {DEADLINE_FACTOR} s and was stopped; it scores 0.0: '\\\\boxed{{4 hang}}'" in caplog.text
 
 
 def test_a_completion_that_kills_the_helper_scores_zero_and_the_next_helper_goes_on(tmp_path, monkeypatch, caplog):
@@ -123,9 +123,9 @@ def test_a_completion_that_kills_the_helper_scores_zero_and_the_next_helper_goes
     monkeypatch.syspath_prepend(str(tmp_path))
     reward = MathReward(Config(reward=RewardConfig(type="math")), timeout_s=1, verifier="crashing_verifier")
     with caplog.at_level("WARNING", logger="retrain.rewards.math"):
-        rewards, _ = _score_on_a_thread(reward, [r"\boxed{4} crash", r"\boxed{4}"], [_example("4")])
+        rewards, _ = _score_on_a_thread(reward, [r"\boxed{4 crash}", r"\boxed{4}"], [_example("4")])
     assert rewards == [0.0, 1.0]
-    assert "ended the helper process (exit code 9); it scores 0.0: '\\\\boxed{4} crash'" in caplog.text
+    assert "ended the helper process (exit code 9); it scores 0.0: '\\\\boxed{4 crash}'" in caplog.text
 
 
 def test_the_helper_outlives_ctrl_c_and_sigterm_sent_to_the_whole_run(tmp_path, monkeypatch, caplog):
@@ -170,3 +170,18 @@ def test_a_pathological_completion_off_the_main_thread_scores_zero_in_time():
                                           [_example("3"), _example("0.5")])
     assert rewards == [0.0, 1.0]
     assert elapsed < DEADLINE_FACTOR * 1 + 30
+
+
+@pytest.mark.parametrize(("completion", "reference", "expected"), [
+    (r"\boxed{8} wait, no: \boxed{7}", "7", True),   # the last box is the answer
+    (r"\boxed{8} wait, no: \boxed{7}", "8", False),
+    (r"\boxed{}", "", False),                        # an empty answer never scores
+    (r"\boxed{ }", "0", False),
+    (r"\boxed{3}", " ", False),                      # nor does an empty reference
+    ("The answer is 42.", "42", True),               # without a box, the text's final number counts
+])
+def test_the_last_box_is_the_answer_and_empty_never_scores(completion, reference, expected):
+    math_verify = pytest.importorskip("math_verify")
+    from retrain.rewards.math import equivalent
+
+    assert equivalent(math_verify, completion, reference, 5, {})[0] is expected
