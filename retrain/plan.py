@@ -183,7 +183,7 @@ class _Planner:
         built-in's is a bug in retrain and keeps its traceback)."""
         try:
             return call()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() is still a plugin error
             if plugin.builtin:
                 raise
             section, key = COMPONENT_SETTINGS[kind]

@@ -431,7 +431,7 @@ def _import_or_none(module_name: str, what: str) -> types.ModuleType | None:
         if _is_missing(exc, module_name):
             return None
         raise _dependency_error(what, module_name, exc) from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() is still a plugin error
         raise _dependency_error(what, module_name, exc) from exc
 
 
@@ -476,7 +476,7 @@ def import_from_directory(module_name: str, directory: Path, what: str) -> types
         try:
             if spec.loader is not None:
                 spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() is still a plugin error
             del sys.modules[top]
             raise _dependency_error(what, top, exc) from exc
         _LOADED_FROM[top] = directory

@@ -66,7 +66,7 @@ class Stage:
             return self.resolved.obj(*call_args)
         except RetrainError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() is still a plugin error
             raise PluginError(f"{self.label} raised {type(exc).__name__}: {exc} — fix the plugin "
                               "(RETRAIN_DEBUG=1 shows where)") from exc
 

@@ -77,7 +77,7 @@ class CustomReward:
                 value = self.function(text, example.reference, example=example)
             else:
                 value = self.function(text, example.reference)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() is still a plugin error
             raise PluginError(f"custom reward {self.label} raised on completion {index}: "
                               f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(value, (numbers.Real, np.bool_)):

@@ -87,3 +87,30 @@ def test_explain_checks_the_output_folders_a_run_would_create(tmp_path: Path) ->
             "CLI --log-dir [logging].log_dir: afile/inside cannot be created:", "afile is a file")
     assert retrain(tmp_path, "explain", "--log-dir", "new/run").returncode == 0
     assert not (tmp_path / "new").exists()  # explain creates nothing
+
+
+EXITS_AT_IMPORT = "import sys\nsys.exit(3)\n"
+
+
+def test_a_plugin_that_calls_sys_exit_at_import_is_a_named_plugin_error(tmp_path: Path) -> None:
+    (tmp_path / "plugs").mkdir()
+    (tmp_path / "plugs" / "quitter.py").write_text(EXITS_AT_IMPORT)
+    (tmp_path / "c.toml").write_text('[plugins]\nsearch_paths = ["plugs"]\n[algorithm]\nadvantage_mode = "quitter.adv"\n')
+    for args in (["explain", "c.toml"], ["plugins", "c.toml"]):
+        result = retrain(tmp_path, *args)
+        assert result.returncode != 3 and "Traceback" not in result.stderr, result.stdout + result.stderr
+        assert "quitter" in result.stdout + result.stderr and "SystemExit" in result.stdout + result.stderr
+
+
+def test_a_custom_reward_that_calls_sys_exit_is_a_named_plugin_error() -> None:
+    from retrain.config.schema import Config
+    from retrain.errors import PluginError
+    from retrain.rewards.custom import CustomReward
+    from retrain.types import Example
+
+    def quitting_score(completion: str, reference: str) -> float:
+        raise SystemExit(4)
+
+    reward = CustomReward(Config(), function=quitting_score, label="quitting.score")
+    with pytest.raises(PluginError, match="custom reward quitting.score raised on completion 0: SystemExit: 4"):
+        reward.score(["7"], [Example("e", ({"role": "user", "content": "x"},), "7")])
