@@ -23,18 +23,38 @@ from retrain.config.schema import (
 )
 
 REDACTED = ""
-_SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|password|credential)", re.IGNORECASE)
+# A key whose name holds one of these (any case, at any depth of a table) holds a secret:
+# every string under it is blanked. "auth" counts as a word of its own (http_auth,
+# Authorization), not inside "author".
+SECRET_NAME = re.compile(
+    r"api[_-]?key|token|secret|passw(?:or)?d|pwd|credential|access[_-]?key|private[_-]?key|cookie"
+    r"|(?:^|[^a-z])auth(?:orization|entication)?(?:$|[^a-z])",
+    re.IGNORECASE,
+)
+# user:password@ in a URL (https://alice:PW@host/v1), wherever a string holds one.
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the credentials of any URL in it removed (``https://host/v1``)."""
+    return URL_CREDENTIALS.sub(lambda match: match.group("scheme"), text)
+
+
+def redact_value(value: object, secret: bool = False) -> object:
+    """``value`` with secrets blanked: every string when ``secret`` (its name looked like a
+    credential), entries of tables and lists by the same rule, URL credentials always."""
+    if isinstance(value, dict):
+        return {key: redact_value(item, secret or bool(SECRET_NAME.search(str(key)))) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_value(item, secret) for item in value]
+    if isinstance(value, str):
+        return REDACTED if secret and value else redact_text(value)
+    return value
 
 
 def _redact_table(table: dict[str, object]) -> dict[str, object]:
-    redacted: dict[str, object] = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            redacted[key] = _redact_table(value)
-        elif _SECRET_NAME.search(key) and isinstance(value, str) and value:
-            redacted[key] = REDACTED
-        else:
-            redacted[key] = value
+    redacted = redact_value(table)
+    assert isinstance(redacted, dict)
     return redacted
 
 
@@ -65,10 +85,8 @@ def config_to_dict(config: Config, redact: bool = True) -> dict[str, dict[str, o
                 value = _backend_options(config)
             if section == "campaign" and spec.name == "conditions":
                 value = [_condition_dict(condition) for condition in value]
-            if redact and spec.secret and value:
-                value = REDACTED
-            if redact and isinstance(value, dict):
-                value = _redact_table(value)
+            if redact:
+                value = redact_value(value, secret=spec.secret or bool(SECRET_NAME.search(spec.toml_key)))
             table[spec.toml_key] = value
         data[section] = table
     return data
