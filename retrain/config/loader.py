@@ -29,6 +29,8 @@ from retrain.errors import ConfigError, ConfigIssue
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "RETRAIN_"
+# The variables that are not settings (see docs/cli.md).
+ENV_VARIABLES = frozenset({"RETRAIN_DEBUG", "RETRAIN_LOG_LEVEL", "RETRAIN_CACHE_DIR"})
 DEFAULT_CONFIG = "retrain.toml"
 
 
@@ -253,10 +255,27 @@ class _Builder(Checker):
 
     def take_environment(self, environ: Mapping[str, str]) -> None:
         for name in sorted(environ):
-            if not name.startswith(ENV_PREFIX) or "__" not in name:
+            if not name.startswith(ENV_PREFIX) or name in ENV_VARIABLES:
+                continue
+            if "__" not in name:
+                self._misspelled_environment_name(name)
                 continue
             parts = name[len(ENV_PREFIX) :].lower().split("__")
             self._take_text(tuple(parts), environ[name], f"env {name}")
+
+    def _misspelled_environment_name(self, name: str) -> None:
+        """``RETRAIN_TRAINING_LR`` (one underscore) sets nothing: an error when it spells a
+        setting, otherwise a warning, never silence."""
+        rest = name[len(ENV_PREFIX):].lower()
+        for spec in ALL_FIELDS:
+            if rest == f"{spec.section}_{spec.toml_key}".replace(".", "_"):
+                meant = f"{ENV_PREFIX}{spec.section.upper().replace('.', '__')}__{spec.toml_key.upper()}"
+                self.problem(f"env {name}", spec.section, spec.toml_key, "sets nothing: a setting's variable "
+                             "separates section and key with two underscores", f"rename it {meant}")
+                return
+        self.warnings.append(ConfigIssue(f"env {name}", "", "", "is not a retrain variable and is ignored",
+                                         f"settings are {ENV_PREFIX}<SECTION>__<KEY>; the others are "
+                                         + ", ".join(sorted(ENV_VARIABLES))))
 
     # -- layer 3: CLI overrides -----------------------------------------------------
 

@@ -114,3 +114,12 @@ def test_a_custom_reward_that_calls_sys_exit_is_a_named_plugin_error() -> None:
     reward = CustomReward(Config(), function=quitting_score, label="quitting.score")
     with pytest.raises(PluginError, match="custom reward quitting.score raised on completion 0: SystemExit: 4"):
         reward.score(["7"], [Example("e", ({"role": "user", "content": "x"},), "7")])
+
+
+def test_a_retrain_variable_with_one_underscore_is_not_silently_ignored(tmp_path: Path) -> None:
+    (tmp_path / "retrain.toml").write_text((REPO / "retrain.toml").read_text())
+    refused(retrain(tmp_path, "explain", env={"RETRAIN_TRAINING_LR": "1e-4"}),
+            "env RETRAIN_TRAINING_LR [training].lr: sets nothing", "rename it RETRAIN_TRAINING__LR")
+    unknown = retrain(tmp_path, "explain", env={"RETRAIN_SOMETHING": "1"})
+    assert unknown.returncode == 0, unknown.stderr
+    assert "env RETRAIN_SOMETHING: is not a retrain variable and is ignored" in unknown.stdout + unknown.stderr
