@@ -409,12 +409,16 @@ def _is_missing(exc: ModuleNotFoundError, module_name: str) -> bool:
 
 
 def _dependency_error(what: str, module_name: str, exc: BaseException) -> PluginDependencyError:
-    if isinstance(exc, ImportError):
-        missing = getattr(exc, "name", None)
-        detail = f"its own import of '{missing}' failed" if missing else "an import inside it failed"
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
         return PluginDependencyError(
-            f"{what}: importing module '{module_name}' failed because {detail} ({exc}) — install the package the "
-            f"plugin needs or fix the import in the plugin"
+            f"{what}: importing module '{module_name}' failed because its own import of '{exc.name}' failed ({exc}) "
+            f"— install the package the plugin needs or fix the import in the plugin"
+        )
+    if isinstance(exc, ImportError) and exc.name:
+        # "cannot import name 'x' from 'y'": the package is there, the name is not.
+        return PluginDependencyError(
+            f"{what}: importing module '{module_name}' failed: {exc} — fix the import in the plugin (or upgrade "
+            f"'{exc.name}' if the name is new)"
         )
     location = ""
     if isinstance(exc, SyntaxError) and exc.filename:

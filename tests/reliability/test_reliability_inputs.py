@@ -123,3 +123,19 @@ def test_a_retrain_variable_with_one_underscore_is_not_silently_ignored(tmp_path
     unknown = retrain(tmp_path, "explain", env={"RETRAIN_SOMETHING": "1"})
     assert unknown.returncode == 0, unknown.stderr
     assert "env RETRAIN_SOMETHING: is not a retrain variable and is ignored" in unknown.stdout + unknown.stderr
+
+
+@pytest.mark.parametrize(("source", "expected", "not_expected"), [
+    ('raise ImportError("this plugin needs a GPU")\n', "raised ImportError: this plugin needs a GPU — fix the plugin",
+     "install the package"),
+    ("from os import no_such_name\n", "cannot import name 'no_such_name' from 'os'", "install the package"),
+    ("import no_such_dependency_abc\n", "install the package the plugin needs", "raised ImportError"),
+])
+def test_an_import_error_inside_a_plugin_is_told_apart_from_a_missing_package(tmp_path: Path, source: str,
+                                                                              expected: str, not_expected: str) -> None:
+    (tmp_path / "plugs").mkdir()
+    (tmp_path / "plugs" / "fragile.py").write_text(source)
+    (tmp_path / "c.toml").write_text('[plugins]\nsearch_paths = ["plugs"]\n[algorithm]\nadvantage_mode = "fragile.adv"\n')
+    result = retrain(tmp_path, "explain", "c.toml")
+    refused(result, expected)
+    assert not_expected not in result.stderr
