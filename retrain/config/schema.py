@@ -303,6 +303,12 @@ class RewardConfig:
     judge_model: str = setting("", "Model used by the judge reward, e.g. gpt-4o-mini")
     custom_module: str = setting("", "Module holding the custom reward function (type = \"custom\")")
     custom_function: str = setting("score", "Function name in custom_module")
+    timeout_s: float = setting(
+        120.0, "Seconds one reward call may take in all (a judge request with its retries, one custom "
+        "function call) before the run stops with an error naming it", gt=0, le=86400,
+    )
+    max_concurrency: int = setting(16, "Completions scored at once (judge requests in flight, custom "
+                                   "function calls in threads)", ge=1, le=1024)
 
     @property
     def plugin_name(self) -> str:
