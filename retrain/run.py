@@ -17,7 +17,8 @@ may differ (a larger ``max_steps`` extends a finished run). With ``[training]
 max_staleness = 0`` and components that declare ``exact_resume``, the resumed steps are
 bit-identical to those of an uninterrupted run; sampling ahead (``max_staleness >= 1``)
 resumes consistently (no prompt trained twice or lost) but not bit-identically. The first
-Ctrl-C finishes the step in progress, checkpoints it and stops (docs/checkpoints.md).
+Ctrl-C, SIGTERM or SIGHUP finishes the step in progress, checkpoints it and stops; a
+second one stops now (retrain/stopping.py, docs/checkpoints.md).
 Engines and backends are closed on every way out of a run: its end, an error, a signal.
 """
 
@@ -29,13 +30,10 @@ import importlib.util
 import logging
 import os
 import random
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import numpy as np
 
@@ -45,13 +43,15 @@ from retrain.config.schema import Config
 from retrain.config.snapshot import config_to_dict, write_snapshot
 from retrain.data.stream import PromptStream
 from retrain.errors import ConfigIssue, RetrainError
+from retrain.http import RequestCancelled
 from retrain.metrics import metrics_row
 from retrain.plan import RunPlan, plan_run, with_absolute_search_paths
 from retrain.publication import Publisher
 from retrain.run_dirs import CONFIG_FILE, adapter_dir, claim_output_dirs
 from retrain.sampling import GroupCollector, LookaheadCollector, RefillingCollector, SamplingSettings
 from retrain.sinks import build_sinks
-from retrain.step import NoPlanning, Run, rl_step
+from retrain.step import NoPlanning, Run, StepRecord, rl_step
+from retrain.stopping import RunInterrupted, StopSignals
 from retrain.types import Collector, Encoder, Engine, Environment, PlanningDetector, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -186,78 +186,6 @@ def check_resume_settings(config: Config, log_dir: Path, state: dict[str, object
     return config
 
 
-# A signal disposition, as signal.signal takes and returns it.
-SignalHandler = Callable[[int, FrameType | None], object] | int | None
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """The run stopped on a signal after saving a checkpoint; exit code 128 + signal."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.exit_code = 128 + signum
-
-
-class StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM (what job schedulers send) during training: the first
-    one lets the current step finish, saves a checkpoint and stops the run
-    (``RunInterrupted``: exit code 130 or 143); a second one stops at once, losing the
-    steps since the last checkpoint.
-
-    Only installed in the main thread, and not for a signal that is ignored (SIGINT in a
-    background job).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.previous: dict[int, SignalHandler] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                if signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL, _raise_interrupted):
-                    self.previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:
-            raise RunInterrupted(signum)
-        self.signum = signum
-        logger.warning("%s: finishing this step and saving a checkpoint (send it again to stop now)",
-                       signal.Signals(signum).name)
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        self.previous.clear()
-
-
-def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    raise RunInterrupted(signum)
-
-
-@contextlib.contextmanager
-def terminate_raises() -> Iterator[None]:
-    """SIGTERM while a run is built, restored or trained raises ``RunInterrupted`` (exit
-    code 143) rather than ending the process on the spot, so that whatever was built is
-    closed on the way out (a server's loaded adapter, a worker process). The training loop
-    handles it more gently (``StopRequest``); SIGINT already raises KeyboardInterrupt."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def resume_context(config: Config, log_dir_given: str = "") -> tuple[Config, dict[str, object] | None]:
     """The config a run continues with, and the state it resumes from (None: a fresh run).
     ``log_dir_given`` is where a log_dir was set outside the snapshot (a flag, the
@@ -301,27 +229,43 @@ def _inexact_reason(plan: RunPlan) -> str:
     return "; ".join(parts)
 
 
-def train_loop(run: Run, skipped_updates: int) -> dict[str, object]:
-    """Steps ``run.start_step`` .. max_steps, with logs and checkpoints; the last row."""
+def train_loop(run: Run, skipped_updates: int, signals: StopSignals) -> dict[str, object]:
+    """Steps ``run.start_step`` .. max_steps, with logs and checkpoints; the last row.
+    A stop signal ends the loop after the step in progress, with a checkpoint of it."""
     last_row: dict[str, object] = {}
     max_steps = run.config.training.max_steps
     save_every = run.config.training.save_every
-    with StopRequest() as stop:
+    with signals.graceful():
         for step in range(run.start_step, max_steps + 1):
             started = time.perf_counter()
-            record = rl_step(run, step)
+            record = _step_or_stop(run, step, signals)
             skipped_updates += int(record.train.skipped)
             last_row = metrics_row(record, time.perf_counter() - started, skipped_updates)
             run.sinks.log_step(last_row)
             run.sinks.log_generations(step, record.collected.examples, record.collected.samples,
                                       record.collected.rewards_P_G.reshape(-1))
-            if step == max_steps or (save_every and step % save_every == 0) or stop.requested:
-                save_checkpoint(run, step, {"skipped_updates": skipped_updates})
-            if stop.signum is not None and step < max_steps:
+            if step == max_steps or (save_every and step % save_every == 0) or signals.requested:
+                with signals.checkpointing():
+                    save_checkpoint(run, step, {"skipped_updates": skipped_updates})
+            if signals.signum is not None and step < max_steps:
                 logger.warning("stopped after step %d of %d; continue with `retrain --resume %s`",
                                step, max_steps, run.log_dir)
-                raise RunInterrupted(stop.signum)
+                raise RunInterrupted(signals.signum)
     return last_row
+
+
+def _step_or_stop(run: Run, step: int, signals: StopSignals) -> StepRecord:
+    """``rl_step``; a step whose network calls were cut because the run is stopping is
+    abandoned, and the run stops at its last checkpoint."""
+    try:
+        return rl_step(run, step)
+    except RequestCancelled:
+        if signals.signum is None:
+            raise
+        logger.warning("step %d was abandoned: its network calls did not finish within %g s of the signal; "
+                       "continue from the last checkpoint with `retrain --resume %s`",
+                       step, signals.network_grace_s, run.log_dir)
+        raise RunInterrupted(signals.signum) from None
 
 
 def run_training(resolved: ResolvedConfig, warn: Callable[[ConfigIssue], None] | None = None) -> RunSummary:
@@ -358,14 +302,15 @@ def _log_warning(warning: ConfigIssue) -> None:
 
 
 def _train(plan: RunPlan, state: Mapping[str, object] | None) -> RunSummary:
-    with terminate_raises():
+    with StopSignals() as signals:
         run = build_run(plan, state)
         try:
             start(run, state, plan)
             skipped = state.get("skipped_updates", 0) if state else 0
-            last_row = train_loop(run, skipped if isinstance(skipped, int) else 0)
+            last_row = train_loop(run, skipped if isinstance(skipped, int) else 0, signals)
             final = run.adapter_dir / "final"
-            run.backend.save_adapter(final)
+            with signals.checkpointing():
+                run.backend.save_adapter(final)
         finally:
             run.close()
     return RunSummary(run.log_dir, run.adapter_dir, final, run.config.training.max_steps, last_row)

@@ -7,23 +7,23 @@ OpenAI-compatible ``POST {base}/chat/completions`` endpoint (``[reward] judge_mo
 1.0) or ``INCORRECT`` (0.0); anything else is a malformed verdict — never guessed at,
 since "incorrect" contains "correct".
 
-Requests run concurrently. Transient failures (HTTP 429 and 5xx, connection errors,
-timeouts) and malformed verdicts are retried with exponential backoff (honouring
-``Retry-After``); other HTTP errors (a bad key, an unknown model) fail at once. When the
-retries are spent a malformed verdict raises ``RewardError`` under ``[plugins] strict =
-true``, or scores 0.0 with a warning under ``strict = false``.
+Requests run concurrently, at most ``[reward] max_concurrency`` at once, through the
+project's HTTP client (retrain/http.py): transient failures (HTTP 429 and 5xx, resets,
+truncated replies) and malformed verdicts are retried with exponential backoff
+(honouring ``Retry-After``); other HTTP errors (a bad key, an unknown model) fail at once.
+Everything for one completion — every attempt and every wait — ends within ``[reward]
+timeout_s``, or the run stops with an error saying so. Credentials written into
+``OPENAI_BASE_URL`` (``https://user:password@host/v1``) are sent as basic auth and never
+printed. When the retries are spent a malformed verdict raises ``RewardError`` under
+``[plugins] strict = true``, or scores 0.0 with a warning under ``strict = false``.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ import numpy as np
 
 from retrain.config.schema import Config
 from retrain.errors import ConfigError, ConfigIssue
+from retrain.http import DeadlineExceeded, HttpClient, HttpError, HttpStatusError, RequestCancelled, parse_endpoint
 from retrain.rewards.base import RewardError, examples_per_completion
 from retrain.types import Example
 
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _VERDICT = re.compile(r"^\s*(CORRECT|INCORRECT)\s*\.?\s*$", re.IGNORECASE)
-_TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 JUDGE_INSTRUCTIONS = (
     "You grade answers to problems. You are given a problem, its reference answer, and a "
@@ -77,14 +77,6 @@ def problem_text(example: Example) -> str:
     return ""
 
 
-class _Transient(Exception):
-    """A failure worth retrying; ``wait_s`` is the server's Retry-After, if any."""
-
-    def __init__(self, reason: str, wait_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.wait_s = wait_s
-
-
 @dataclass(frozen=True)
 class _Verdict:
     reward: float | None
@@ -95,7 +87,7 @@ class JudgeReward:
     """Binary rewards from an LLM judge behind an OpenAI-compatible chat endpoint.
 
     ``environ`` (default ``os.environ``) supplies ``OPENAI_BASE_URL``/``OPENAI_API_KEY``;
-    ``sleep`` is the wait used between retries.
+    ``wait`` replaces the backoff wait between retries (it returns True to cancel).
     """
 
     @classmethod
@@ -108,28 +100,25 @@ class JudgeReward:
         config: Config,
         *,
         environ: Mapping[str, str] | None = None,
-        max_concurrency: int = 16,
         max_attempts: int = 5,
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
-        timeout_s: float = 60.0,
-        sleep: Callable[[float], None] = time.sleep,
+        wait: Callable[[float], bool] | None = None,
     ) -> None:
         environ = os.environ if environ is None else environ
         issues = judge_issues(config, environ)
         if issues:
             raise ConfigError(issues)
         self.model = config.reward.judge_model
-        self.base_url = (environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self.api_key = environ.get("OPENAI_API_KEY", "")
-        self.url = f"{self.base_url}/chat/completions"
+        endpoint = parse_endpoint(environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL, "OPENAI_BASE_URL")
+        api_key = environ.get("OPENAI_API_KEY", "")
+        self.client = HttpClient(endpoint, deadline_s=config.reward.timeout_s, backoff_s=backoff_s,
+                                 max_backoff_s=max_backoff_s, max_attempts=max_attempts, wait=wait,
+                                 headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+        self.url = f"{endpoint.shown}/chat/completions"
         self.strict = config.plugins.strict
-        self.max_concurrency = max_concurrency
+        self.max_concurrency = config.reward.max_concurrency
         self.max_attempts = max_attempts
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.timeout_s = timeout_s
-        self.sleep = sleep
         # Completions scored 0.0 because the judge never gave a well-formed verdict
         # (only under [plugins] strict = false).
         self.malformed_verdicts = 0
@@ -156,61 +145,38 @@ class JudgeReward:
         return rewards_N
 
     def _judge(self, messages: list[dict[str, str]]) -> _Verdict:
+        """Ask until a well-formed verdict comes back, all within one deadline."""
+        deadline = self.client.new_deadline()
         last = _Verdict(None, "")
         for attempt in range(self.max_attempts):
-            try:
-                reply = self._request(messages)
-            except _Transient as failure:
-                if attempt + 1 == self.max_attempts:
-                    raise RewardError(
-                        f"judge endpoint {self.url} failed {self.max_attempts} times; last error: {failure} — "
-                        "check that the server is up and OPENAI_BASE_URL is right, or retry later"
-                    ) from failure
-                self.sleep(self._backoff(attempt, failure.wait_s))
-                continue
+            reply = self._ask(messages, deadline)
             last = _Verdict(parse_verdict(reply), reply)
-            if last.reward is not None:
+            if last.reward is not None or attempt + 1 == self.max_attempts:
                 return last
-            if attempt + 1 < self.max_attempts:
-                self.sleep(self._backoff(attempt, None))
+            wait_s = self.client.backoff_s * 2**attempt
+            if self.client.clock() + wait_s >= deadline:
+                return last
+            if (self.client.wait or self.client.in_flight.wait)(wait_s):
+                raise RequestCancelled(f"judge request to {self.url} was cancelled: the run is stopping")
         return last
 
-    def _backoff(self, attempt: int, server_wait_s: float | None) -> float:
-        wait_s = self.backoff_s * 2**attempt
-        if server_wait_s is not None:
-            wait_s = max(wait_s, server_wait_s)
-        return min(wait_s, self.max_backoff_s)
-
-    def _request(self, messages: list[dict[str, str]]) -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0}).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+    def _ask(self, messages: list[dict[str, str]], deadline: float) -> str:
+        payload = {"model": self.model, "messages": messages, "temperature": 0}
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as error:
-            detail = error.read()[:300].decode("utf-8", "replace")
-            if error.code in _TRANSIENT_STATUS:
-                raise _Transient(f"HTTP {error.code}: {detail}", _retry_after(error.headers.get("Retry-After"))) from error
-            raise RewardError(
-                f"judge endpoint {self.url} answered HTTP {error.code}: {detail} — check OPENAI_API_KEY, "
-                f"[reward] judge_model = \"{self.model}\" and OPENAI_BASE_URL"
-            ) from error
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
-            raise _Transient(f"{type(error).__name__}: {error}") from error
-        return _reply_content(payload, self.url)
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        # An HTTP date instead of seconds: fall back to our own backoff.
-        return None
+            response = self.client.post_json("chat/completions", payload, "the judge endpoint", deadline)
+        except RequestCancelled:
+            raise  # the run is stopping: not the judge's fault
+        except DeadlineExceeded as error:
+            raise RewardError(f"{error} — a slow judge: raise [reward] timeout_s (now "
+                              f"{self.client.deadline_s:g}), lower [reward] max_concurrency, or check the "
+                              "server") from error
+        except HttpStatusError as error:
+            raise RewardError(f"{error} — check OPENAI_API_KEY, [reward] judge_model = \"{self.model}\" and "
+                              "OPENAI_BASE_URL") from error
+        except HttpError as error:
+            raise RewardError(f"{error} — check that the server is up and OPENAI_BASE_URL is right, or retry "
+                              "later") from error
+        return _reply_content(response.body, self.url)
 
 
 def _reply_content(payload: bytes, url: str) -> str:
@@ -230,7 +196,15 @@ def judge_issues(config: Config, environ: Mapping[str, str]) -> list[ConfigIssue
     if not config.reward.judge_model:
         return [ConfigIssue("", "reward", "judge_model", "type = \"judge\" needs a judge model",
                             "set judge_model, e.g. \"gpt-4o-mini\"")]
-    base_url = (environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    try:
+        endpoint = parse_endpoint(environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL, "OPENAI_BASE_URL")
+    except HttpError as error:
+        return [ConfigIssue("env OPENAI_BASE_URL", "reward", "type", str(error))]
+    if endpoint.has_credentials and environ.get("OPENAI_API_KEY"):
+        return [ConfigIssue("env OPENAI_BASE_URL", "reward", "type",
+                            f"{endpoint.shown} carries a user and password, and OPENAI_API_KEY is set too: both "
+                            "would be the request's Authorization", "keep only one of them")]
+    base_url = endpoint.url
     if not environ.get("OPENAI_API_KEY") and base_url == DEFAULT_BASE_URL:
         return [ConfigIssue("env OPENAI_API_KEY", "reward", "type",
                             "the judge reward calls the OpenAI API, and OPENAI_API_KEY is not set",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -47,8 +47,17 @@ def test_judge_messages_carry_problem_reference_and_completion():
     assert "It is 4." in messages[1]["content"]
 
 
-def _config(strict: bool = True) -> Config:
-    return Config(reward=RewardConfig(type="judge", judge_model="grader-1"), plugins=PluginsConfig(strict=strict))
+def _config(strict: bool = True, max_concurrency: int = 16) -> Config:
+    return Config(reward=RewardConfig(type="judge", judge_model="grader-1", max_concurrency=max_concurrency),
+                  plugins=PluginsConfig(strict=strict))
+
+
+def recorder(waits: list[float]) -> Callable[[float], bool]:
+    """A backoff wait that records how long it was asked to wait, and never cancels."""
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)
+        return False
+    return wait
 
 
 def test_openai_without_a_key_is_a_config_error():
@@ -130,9 +139,11 @@ def judge_server() -> Iterator[JudgeServer]:
     thread.join()
 
 
-def _reward(server: JudgeServer, sleeps: list[float], strict: bool = True, **options: object) -> JudgeReward:
+def _reward(server: JudgeServer, sleeps: list[float], strict: bool = True, max_concurrency: int = 16,
+            **options: float) -> JudgeReward:
     environ = {"OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": "sk-test"}
-    return JudgeReward(_config(strict), environ=environ, sleep=sleeps.append, **options)  # type: ignore[arg-type]
+    return JudgeReward(_config(strict, max_concurrency), environ=environ, wait=recorder(sleeps),
+                       max_attempts=int(options.pop("max_attempts", 5)), **options)
 
 
 @pytest.mark.integration
@@ -213,7 +224,7 @@ def test_unreachable_server_is_a_reward_error():
     server.server_close()
     sleeps: list[float] = []
     environ = {"OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1"}
-    reward = JudgeReward(_config(), environ=environ, sleep=sleeps.append, max_attempts=2, backoff_s=0.01)
+    reward = JudgeReward(_config(), environ=environ, wait=recorder(sleeps), max_attempts=2, backoff_s=0.01)
     with pytest.raises(RewardError, match="failed 2 times"):
         reward.score(["4"], EXAMPLES[:1])
     assert sleeps == [0.01]
