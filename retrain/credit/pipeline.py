@@ -126,6 +126,7 @@ class CreditPipeline:
             metrics["rho_masked_fraction"] = rho.masked_fraction
         metrics["plugin_repaired_values"] = float(self.validator.repaired_values)
         metrics["plugin_repaired_sequences"] = float(self.validator.repaired_sequences)
+        self.validator.log_repairs()
         return CreditResult(
             episode_advantages_N=core.episode_advantages_P_G.reshape(-1),
             token_advantages_N_T=tokens,

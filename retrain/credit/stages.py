@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from retrain.algorithms import Recipe
 from retrain.config.schema import Config
 from retrain.errors import PluginError, RetrainError
@@ -99,10 +101,17 @@ def params_view(params: object) -> object:
 def plugin_metrics(metrics: object, who: str) -> dict[str, float]:
     if not isinstance(metrics, Mapping):
         raise PluginOutputError(f"{who} returned metrics of type {type(metrics).__name__}; expected a dict of numbers")
-    try:
-        return {str(key): float(value) for key, value in metrics.items()}
-    except (TypeError, ValueError) as exc:
-        raise PluginOutputError(f"{who} returned a metric that is not a number: {exc}") from exc
+    return {str(key): _metric_value(key, value, who) for key, value in metrics.items()}
+
+
+def _metric_value(key: object, value: object, who: str) -> float:
+    """A metric as a float: one real number or a flag (a bool counts as 0/1); a string, a
+    complex number or an array is an error naming the metric."""
+    array = None if isinstance(value, (str, bytes)) else np.asarray(value)
+    if array is None or array.dtype.kind not in "biuf" or array.shape != ():
+        raise PluginOutputError(f"{who} returned the metric {key!r} = {type(value).__name__} {value!r:.60}; a metric "
+                                "is one real number (a bool counts as 0/1) — fix the plugin")
+    return float(array)
 
 
 def transform_stages(transform: Stage, config: Config) -> list[Stage]:
