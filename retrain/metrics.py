@@ -53,6 +53,7 @@ def metrics_row(record: StepRecord, step_time_s: float, skipped_updates: int) ->
         "loss": float(record.train.loss),
         "skipped": int(record.train.skipped),
         "skipped_updates": skipped_updates,
+        "plugin_repaired_values": repaired_values(record),
         "policy_version": record.policy_version,
         "policy_staleness": record.staleness,
         **timings,
@@ -73,6 +74,13 @@ def metrics_row(record: StepRecord, step_time_s: float, skipped_updates: int) ->
     # meaning and one type in every row.
     row.update((key, value) for key, value in extras.items() if key not in row)
     return row
+
+
+def repaired_values(record: StepRecord) -> int:
+    """Values replaced under ``[plugins] strict = false`` this step: the credit stages'
+    outputs, plus what the collection counted (``plugin_repaired_values`` in
+    ``Collected.counts``: a custom reward's non-finite results scored 0.0)."""
+    return record.credit.repaired_values + int(record.collected.counts.get("plugin_repaired_values", 0))
 
 
 # Train metrics that would overwrite a step-level field of the same name.

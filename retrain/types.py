@@ -169,6 +169,9 @@ class CreditResult:
     # are dropped from the update.
     informative_P: np.ndarray
     metrics: dict[str, float] = field(default_factory=dict)
+    # Plugin output values set to 0 this step under [plugins] strict = false (the
+    # ``plugin_repaired_values`` field of the step's metrics row).
+    repaired_values: int = 0
 
 
 @dataclass

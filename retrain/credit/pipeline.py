@@ -102,6 +102,14 @@ class CreditPipeline:
 
     def __call__(self, rewards_P_G: np.ndarray, batch: SampleBatch, planning_N_T: np.ndarray | None,
                  step: int) -> CreditResult:
+        """One step's credit; what ``strict = false`` repaired is logged in one warning per
+        stage and counted in the result."""
+        result = self._assign(rewards_P_G, batch, planning_N_T, step)
+        self.validator.log_repairs()
+        return result
+
+    def _assign(self, rewards_P_G: np.ndarray, batch: SampleBatch, planning_N_T: np.ndarray | None,
+                step: int) -> CreditResult:
         self.validator.reset()
         rewards = np.asarray(rewards_P_G, dtype=np.float64)
         loss_mask = np.asarray(batch.loss_mask_N_T, dtype=bool)
@@ -126,13 +134,13 @@ class CreditPipeline:
             metrics["rho_masked_fraction"] = rho.masked_fraction
         metrics["plugin_repaired_values"] = float(self.validator.repaired_values)
         metrics["plugin_repaired_sequences"] = float(self.validator.repaired_sequences)
-        self.validator.log_repairs()
         return CreditResult(
             episode_advantages_N=core.episode_advantages_P_G.reshape(-1),
             token_advantages_N_T=tokens,
             uncertainty_N_T=uncertainty,
             informative_P=stats.informative_P,
             metrics=metrics,
+            repaired_values=self.validator.repaired_values,
         )
 
     def _sepa_lambda(self, step: int, rate: float, execution_variance: float) -> float:
@@ -178,7 +186,8 @@ class CreditPipeline:
     def probe(self, seed: int = 0) -> CreditResult:
         """Run a small synthetic ragged batch, with environment turns, through the
         pipeline (SEPA state untouched), so a plugin's signature, mask or output-shape
-        problem shows before any model loads."""
+        problem shows before any model loads. What ``strict = false`` repaired in this
+        made-up batch is not logged: the steps' own warnings tell."""
         saved = self.state_dict()
         try:
             batch = synthetic_batch(num_prompts=3, group_size=4, max_tokens=12, seed=seed,
@@ -186,7 +195,7 @@ class CreditPipeline:
             rng = SyntheticRandom(seed)
             rewards = np.array([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
             planning = np.asarray(batch.loss_mask_N_T, dtype=bool) & (rng.random(batch.loss_mask_N_T.shape) < 0.2)
-            return self(rewards, batch, planning, step=0)
+            return self._assign(rewards, batch, planning, step=0)
         finally:
             self.load_state_dict(saved)
 

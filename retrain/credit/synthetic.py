@@ -12,6 +12,7 @@ import numpy as np
 
 from retrain.types import SampleBatch
 
+
 class SyntheticRandom:
     """Uniform draws from splitmix64 (Steele, Lea and Flood, 2014) over a running counter,
     with the few ``numpy.random.Generator`` calls the synthetic batch needs."""
