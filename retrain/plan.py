@@ -30,11 +30,12 @@ from typing import TypeVar
 from retrain.config.loader import ResolvedConfig, replace_setting
 from retrain.config.schema import ALL_FIELDS, Config
 from retrain.credit import CreditPipeline, build_credit_pipeline
+from retrain.environments.single_turn import SingleTurn
 from retrain.errors import ConfigError, ConfigIssue, PluginError
 from retrain.registry import ResolvedPlugin, resolve, search_locations
-from retrain.environments.single_turn import SingleTurn
 from retrain.rewards.custom import CustomReward
 from retrain.run_dirs import output_dir_issues
+from retrain.sinks.wandb_run import wandb_issues
 from retrain.types import (
     Backend,
     BackendCapabilities,
@@ -328,8 +329,6 @@ def _needed_packages(config: Config, needs_planning: bool) -> list[tuple[str, st
         needed.append(("math_verify", "math", "reward", "type", "type = \"math\""))
     if single_turn and config.data.source == "math" and not config.data.path:
         needed.append(("datasets", "local", "data", "source", "source = \"math\" from the hub"))
-    if config.logging.wandb_project:
-        needed.append(("wandb", "wandb", "logging", "wandb_project", "wandb logging"))
     if needs_planning and config.planning.detector == "semantic":
         needed.append(("sentence_transformers", "semantic", "planning", "detector", "detector = \"semantic\""))
     return needed
@@ -337,8 +336,9 @@ def _needed_packages(config: Config, needs_planning: bool) -> list[tuple[str, st
 
 def preflight_issues(config: Config, needs_planning: bool,
                      sources: dict[tuple[str, str], str] | None = None) -> list[ConfigIssue]:
-    """Cheap checks of what a run will read — files, optional packages, planning grams —
-    so ``retrain explain`` finds them instead of a run after its model has loaded."""
+    """Cheap checks of what a run will read — files, optional packages, planning grams,
+    wandb's login — so ``retrain explain`` finds them instead of a run after its model
+    has loaded."""
     from retrain.planning import parse_strategic_grams
 
     issues = []
@@ -347,6 +347,7 @@ def preflight_issues(config: Config, needs_planning: bool,
             issues.append(ConfigIssue("", section, key, f"{feature} needs the Python package '{module}', which is "
                                       "not installed", f"install it with: pip install 'retrain[{extra}]'"))
     issues.extend(output_dir_issues(config))
+    issues.extend(wandb_issues(config))
     if needs_planning and config.planning.detector == "regex":
         try:
             parse_strategic_grams(config.logging.strategic_grams)
