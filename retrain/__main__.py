@@ -1,7 +1,5 @@
 """``python -m retrain`` runs the CLI."""
 
-import sys
+from retrain.cli import entry
 
-from retrain.cli import main
-
-sys.exit(main())
+entry()

@@ -151,5 +151,20 @@ def run_command(argv: list[str] | None = None) -> int:
         return int(getattr(exc, "exit_code", 130))
 
 
+def entry() -> None:
+    """The ``retrain`` command: ``main``, then exit with its code.
+
+    A run stopped by a signal (exit code 128 + signal) has closed everything it opened;
+    it leaves at once rather than through the interpreter's teardown, which with torch
+    loaded takes seconds (measured: 1.5 s idle, 6 s on a busy 2-core machine) that a job
+    being stopped by its scheduler may not have."""
+    code = main()
+    if code >= 128:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

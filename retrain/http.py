@@ -341,7 +341,8 @@ class HttpClient:
     def _read_body(self, response: http.client.HTTPResponse) -> bytes:
         declared = response.getheader("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise HttpError(f"the reply would be {int(declared)} bytes, more than the {self.max_body_bytes} accepted")
+            raise HttpError(f"the reply would be {int(declared)} bytes, more than the {self.max_body_bytes} bytes "
+                            "accepted")
         chunks: list[bytes] = []
         size = 0
         while chunk := response.read(_CHUNK_BYTES):
@@ -349,6 +350,9 @@ class HttpClient:
             if size > self.max_body_bytes:
                 raise HttpError(f"the reply is larger than the {self.max_body_bytes} bytes accepted")
             chunks.append(chunk)
+        if declared is not None and declared.isdigit() and size != int(declared):
+            # http.client returns a body cut short by a closed connection as if it were whole
+            raise _Transient(f"the reply was cut off after {size} of its {declared} bytes")
         return b"".join(chunks)
 
 

@@ -10,7 +10,8 @@ Modes (``HostileServer.mode``, changeable while it runs):
 - ``429``: answers 429 with ``Retry-After: <retry_after>``;
 - ``503``: answers 503;
 - ``truncated``: announces a Content-Length and closes after half the body;
-- ``huge``: announces and streams a body of ``huge_bytes`` bytes.
+- ``huge``: announces and streams a body of ``huge_bytes`` bytes;
+- ``huge_unannounced``: streams as much without a Content-Length, until it is cut off.
 
 ``fail_first`` makes the first N requests use ``mode`` and the rest ``ok``. Every
 connection is counted (``connections``), and ``open_connections`` says how many are
@@ -145,6 +146,12 @@ class HostileServer:
 
     def _mode_huge(self, connection: socket.socket) -> None:
         connection.sendall(self._head("200 OK", self.huge_bytes))
+        block = b" " * 65536
+        for _ in range(self.huge_bytes // len(block)):
+            connection.sendall(block)
+
+    def _mode_huge_unannounced(self, connection: socket.socket) -> None:
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
         block = b" " * 65536
         for _ in range(self.huge_bytes // len(block)):
             connection.sendall(block)

@@ -1,4 +1,6 @@
-"""Session fixtures for the end-to-end runs: one cache folder with the tiny model built."""
+"""Session fixtures for tests that run ``retrain`` end to end: one cache folder with the
+tiny model built. The run helpers (tests/run/cli_runs.py) are importable from every test
+folder, since the reliability probes drive real runs too."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_runs import cli_environment, describe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "run"))
+from cli_runs import cli_environment, describe  # noqa: E402
 
 
 @pytest.fixture(scope="session")
