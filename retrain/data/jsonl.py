@@ -12,7 +12,10 @@ say how to format the answer. ``answer`` (a string, or an integer) is the refere
 reward compares against. ``id`` (string or integer) is optional and must be unique; by
 default an example is named ``<file name>:<line>``. Any other field is kept in the
 example's metadata. Blank lines are skipped. Every bad line is reported, with its
-``file:line``, in one error.
+``file:line``, in one error. So are the examples whose reference the configured reward
+cannot use (``retrain.data.references``): an empty ``answer`` for ``match`` or ``math``
+(an error when no example is left, a warning naming the first lines otherwise), an
+answer math-verify cannot parse for ``math`` (a warning).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 from pathlib import Path
 
 from retrain.config.schema import Config
+from retrain.data.references import reference_issues
 from retrain.errors import ConfigError, ConfigIssue
 from retrain.types import Example, Message
 
@@ -93,19 +97,36 @@ class JsonlSource:
         self.config = config
         raw = Path(config.data.path)
         self.path = raw if raw.is_absolute() or base_dir is None else base_dir / raw
+        # The line each example was read from, by id.
+        self.lines: dict[str, int] = {}
 
     @classmethod
     def config_issues(cls, config: Config) -> list[ConfigIssue]:
         """Every problem of the file, found by ``retrain explain`` before any model loads
-        (the file is read again when the run starts)."""
-        return cls(config)._load()[1]
+        (the file is read again when the run starts), and what the reward finds in the
+        references of the examples the run would use."""
+        source = cls(config)
+        examples, issues = source._load()
+        if issues:
+            return issues
+        used = source._used(examples)
+        return reference_issues(used, config, str(source.path), lambda index: source.line_of(used[index]))
 
     def examples(self) -> list[Example]:
         examples, issues = self._load()
         if issues:
             raise ConfigError(issues)
+        return self._used(examples)
+
+    def _used(self, examples: list[Example]) -> list[Example]:
         limit = self.config.training.max_examples
         return examples[:limit] if limit else examples
+
+    def line_of(self, example: Example) -> str:
+        """Where ``example`` is in the file, for a message: ``line 7`` (and its own id)."""
+        line = self.lines[example.example_id]
+        default = example.example_id == f"{self.path.name}:{line}"
+        return f"line {line}" if default else f"line {line} (id {example.example_id!r})"
 
     def _load(self) -> tuple[list[Example], list[ConfigIssue]]:
         if not self.config.data.path:
@@ -125,7 +146,7 @@ class JsonlSource:
     def _read(self) -> tuple[list[Example], list[ConfigIssue]]:
         examples: list[Example] = []
         issues: list[ConfigIssue] = []
-        first_line_of: dict[str, int] = {}
+        first_line_of = self.lines
         fix = "each line must be {\"prompt\": ..., \"answer\": ...} (see the jsonl source in the docs)"
 
         def report(line_number: int, problem: str, line_fix: str = fix) -> bool:

@@ -18,7 +18,9 @@ folder per subject holding that split's files::
 with at least the columns ``problem`` and ``solution`` (``level`` and ``type`` are kept
 as metadata when present). Examples come subject by subject in round-robin order
 (one from each subject in turn), so ``[training] max_examples`` keeps every subject
-represented; the run loop does the (seeded) shuffling.
+represented; the run loop does the (seeded) shuffling. When the examples load, their
+references are checked against the configured reward (``retrain.data.references``): a
+warning names those it cannot use, and an error stops the run when none is usable.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from retrain.config.schema import Config
+from retrain.data.references import reference_issues
 from retrain.errors import ConfigError, ConfigIssue
 from retrain.optional import require_module
-from retrain.rewards.answers import last_boxed
+from retrain.rewards.answers import last_boxed, normalize_answer
 from retrain.types import Example
 
 logger = logging.getLogger(__name__)
@@ -151,14 +154,15 @@ def _round_robin(per_subject: dict[str, list[Example]]) -> Iterable[Example]:
 
 
 def rows_to_examples(rows: dict[str, list[Row]], split: str) -> list[Example]:
-    """Examples in round-robin subject order; rows whose solution has no box are skipped."""
+    """Examples in round-robin subject order; rows whose solution has no box, or an
+    empty one (``\\boxed{ }``, ``\\boxed{.}``), are skipped."""
     per_subject: dict[str, list[Example]] = {}
     skipped = 0
     for subject in SUBJECTS:
         items = []
         for index, row in enumerate(rows.get(subject, [])):
             reference = last_boxed(str(row["solution"]))
-            if reference is None or not reference.strip():
+            if reference is None or not normalize_answer(reference):
                 skipped += 1
                 continue
             metadata: dict[str, object] = {"subject": subject}
@@ -195,4 +199,11 @@ class MathSource:
             raise _issue("split", f"{where} has no usable problems in split \"{split}\"",
                          "check the split name and that solutions contain \\boxed{...} answers", where)
         limit = self.config.training.max_examples
-        return examples[:limit] if limit else examples
+        used = examples[:limit] if limit else examples
+        issues = reference_issues(used, self.config, str(self.path) if self.path is not None else HUB_DATASET)
+        errors = [issue for issue in issues if not issue.warning]
+        if errors:
+            raise ConfigError(errors)
+        for issue in issues:
+            logger.warning("%s", issue)
+        return used

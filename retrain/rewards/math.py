@@ -7,6 +7,13 @@ sympy objects and compared symbolically (``\\frac{1}{2}`` = ``0.5``, ``1+x^2`` =
 ``x^2+1``, ``\\sqrt{18}`` = ``3\\sqrt{2}``), with the completion's last ``\\boxed{...}``
 taking priority. A reference math-verify cannot parse falls back to the ``match``
 comparison for that example (logged once), so an odd reference never silently scores 0.
+An empty answer, or an empty reference, never scores.
+
+References are checked when the data loads (``reference_problems``): empty ones are
+counted as unusable, and the distinct others are parsed as the reward parses them, for
+at most ``CHECK_BUDGET_S`` seconds (a plain number always parses and costs nothing; a
+tuple can take 50 ms), so a large data set delays no start; a reference left unchecked
+is reported by the warning above when first scored.
 
 Time limits. A completion such as ``\\boxed{9^{9^{9}}}`` sends sympy into a computation
 that does not end in any useful time. math-verify bounds each parse and comparison
@@ -24,11 +31,15 @@ in-process, so it pays nothing for the helper.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import multiprocessing
+import re
 import signal
 import threading
+import time
 import weakref
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from types import ModuleType
 
@@ -37,7 +48,13 @@ import numpy as np
 from retrain.config.schema import Config
 from retrain.optional import require_module
 from retrain.rewards.answers import final_answer, last_boxed, normalize_answer
-from retrain.rewards.base import RewardError, examples_per_completion
+from retrain.rewards.base import (
+    ReferenceProblem,
+    RewardError,
+    empty_references,
+    examples_per_completion,
+)
+from retrain.rewards.match import matches
 from retrain.types import Example
 
 logger = logging.getLogger(__name__)
@@ -49,6 +66,19 @@ TIMEOUT_S = 5
 DEADLINE_FACTOR = 3
 # Seconds a new helper process may take to start and import math-verify and sympy.
 STARTUP_S = 120
+# Seconds the references of a data set may take to be parsed when it loads.
+CHECK_BUDGET_S = 2.0
+# A reference math-verify always reads, so the check skips it: an integer or a decimal.
+PLAIN_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)")
+
+
+def parse_reference(math_verify: ModuleType, reference: str, timeout_s: int | None) -> list[object]:
+    """``reference`` as math-verify reads it (empty when it cannot)."""
+    return list(math_verify.parse(
+        "\\boxed{" + reference + "}",
+        extraction_config=[math_verify.LatexExtractionConfig(), math_verify.ExprExtractionConfig()],
+        parsing_timeout=timeout_s,
+    ))
 
 
 def equivalent(math_verify: ModuleType, text: str, reference: str, timeout_s: int | None,
@@ -61,18 +91,14 @@ def equivalent(math_verify: ModuleType, text: str, reference: str, timeout_s: in
     string instead.
     """
     boxed = last_boxed(text)
-    if (boxed is not None and not boxed.strip()) or not reference.strip():
+    if not normalize_answer(final_answer(text)) or not normalize_answer(reference):
         return False, True
     if reference not in gold_cache:
         # Completions of one prompt share a reference: parse it once.
-        gold_cache[reference] = math_verify.parse(
-            "\\boxed{" + reference + "}",
-            extraction_config=[math_verify.LatexExtractionConfig(), math_verify.ExprExtractionConfig()],
-            parsing_timeout=timeout_s,
-        )
+        gold_cache[reference] = parse_reference(math_verify, reference, timeout_s)
     gold = gold_cache[reference]
     if not gold:
-        return normalize_answer(final_answer(text)) == normalize_answer(reference), False
+        return matches(text, reference), False
     answer = math_verify.parse(text if boxed is None else "\\boxed{" + boxed + "}", parsing_timeout=timeout_s)
     if not answer:
         return False, True
@@ -174,6 +200,29 @@ class MathReward:
         self._stop_helper: weakref.finalize | None = None
         self._helper_lock = threading.Lock()
 
+    @classmethod
+    def reference_problems(cls, references: Sequence[str], *, budget_s: float = CHECK_BUDGET_S,
+                           verifier: str = "math_verify") -> list[ReferenceProblem]:
+        """The empty references (unusable), and those math-verify cannot parse (compared
+        as text instead), among what ``budget_s`` seconds could check. Parsing needs
+        math-verify (a missing package is reported by the plan) and the main thread (its
+        timers); without them only the empty ones are found."""
+        problems = empty_references(references, "math")
+        if importlib.util.find_spec(verifier) is None or threading.current_thread() is not threading.main_thread():
+            return problems
+        unparsable, checked, total = _unparsable(importlib.import_module(verifier), references, budget_s)
+        if not unparsable:
+            return problems
+        indices = tuple(index for index, reference in enumerate(references) if reference in unparsable)
+        partial = (f" (found among the first {checked} of {total} distinct references, all that {budget_s:g} s "
+                   "could check; the reward warns of others when it first scores them)") if checked < total else ""
+        problems.append(ReferenceProblem(
+            indices, f"a reference math-verify cannot parse, which the math reward compares as text, as the "
+                     f"match reward would{partial}",
+            "write those answers as LaTeX or plain expressions (\\frac{1}{2}, 3\\sqrt{2}, x^2+1), or use "
+            "[reward] type = \"match\" for text answers", unusable=False))
+        return problems
+
     def _equivalent(self, text: str, reference: str) -> bool:
         if threading.current_thread() is threading.main_thread():
             matched, reference_parsed = equivalent(self._math_verify, text, reference, self.timeout_s,
@@ -212,3 +261,20 @@ class MathReward:
             if self._equivalent(text, example.reference):
                 rewards_N[index] = 1.0
         return rewards_N
+
+
+def _unparsable(math_verify: ModuleType, references: Sequence[str], budget_s: float) -> tuple[set[str], int, int]:
+    """(the distinct non-empty references math-verify cannot parse, how many were
+    checked, how many there are), parsing in order until ``budget_s`` runs out (the
+    first is always checked)."""
+    distinct = [reference for reference in dict.fromkeys(references) if normalize_answer(reference)]
+    deadline = time.monotonic() + budget_s
+    unparsable: set[str] = set()
+    checked = 0
+    for reference in distinct:
+        if not PLAIN_NUMBER.fullmatch(reference.strip()) and not parse_reference(math_verify, reference, TIMEOUT_S):
+            unparsable.add(reference)
+        checked += 1
+        if time.monotonic() >= deadline:
+            break
+    return unparsable, checked, len(distinct)

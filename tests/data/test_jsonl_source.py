@@ -99,3 +99,45 @@ def test_file_problems(tmp_path):
     config.write_text(f'[data]\nsource = "jsonl"\npath = "{good}"\nsplit = "test"\n')
     with pytest.raises(ConfigError, match=r"c.toml:4 \[data\].split: a JSONL file has no splits"):
         load_config(config, environ={})
+
+
+def _reward_config(path: Path, reward: str = "match", max_examples: int = 0) -> Config:
+    from retrain.config.schema import RewardConfig
+
+    return Config(data=DataConfig(source="jsonl", path=str(path)), reward=RewardConfig(type=reward),
+                  training=TrainingConfig(max_examples=max_examples))
+
+
+def test_empty_references_are_a_warning_naming_their_lines(tmp_path):
+    lines = [{"prompt": f"p{i}", "answer": str(i)} for i in range(10)]
+    for index in (1, 3, 4, 6, 7, 8, 9):
+        lines[index]["answer"] = " " if index % 2 else ""
+    lines[3]["id"] = "q3"
+    path = _write(tmp_path / "refs.jsonl", lines)
+    issues = JsonlSource.config_issues(_reward_config(path))
+    assert [issue.warning for issue in issues] == [True]
+    assert str(issues[0]) == (
+        f"{path} [data].path: 7 of 10 examples have an empty reference, which the match reward never scores as "
+        "correct: line 2, line 4 (id 'q3'), line 5, line 7, line 8 and 2 more — give each example its answer, or "
+        "remove those examples")
+    # The examples themselves still load: a warning does not stop the run.
+    assert len(JsonlSource(_reward_config(path)).examples()) == 10
+
+
+def test_a_file_whose_every_reference_is_empty_is_an_error(tmp_path):
+    path = _write(tmp_path / "blank.jsonl", [{"prompt": "a", "answer": ""}, {"prompt": "b", "answer": "$ $"}])
+    issues = JsonlSource.config_issues(_reward_config(path, "math"))
+    assert [issue.warning for issue in issues] == [False]
+    assert "all 2 examples have an empty reference, which the math reward never scores as correct, so nothing " \
+           "could be learned" in str(issues[0])
+
+
+def test_only_the_examples_the_run_uses_are_checked(tmp_path):
+    path = _write(tmp_path / "tail.jsonl", [{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": ""}])
+    assert JsonlSource.config_issues(_reward_config(path, max_examples=1)) == []
+
+
+@pytest.mark.parametrize("reward", ["judge", "custom"])
+def test_rewards_that_read_references_their_own_way_are_not_checked(tmp_path, reward):
+    path = _write(tmp_path / "open.jsonl", [{"prompt": "write a poem", "answer": ""}])
+    assert JsonlSource.config_issues(_reward_config(path, reward)) == []

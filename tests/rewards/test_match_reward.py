@@ -40,3 +40,21 @@ def test_one_example_per_prompt_expands_over_the_group():
 def test_mismatched_counts_are_an_error():
     with pytest.raises(ValueError, match="cannot be matched"):
         MatchReward(Config()).score(["1", "2", "3"], [_example("1"), _example("2")])
+
+
+@pytest.mark.parametrize(("completion", "reference"), [
+    (r"\boxed{}", ""),          # an empty box against an empty reference
+    ("", ""),                   # a blank completion
+    (r"\boxed{ $ $ }", " . "),  # empty once normalized, on both sides
+    (r"\boxed{}", "7"),
+    ("7", ""),
+])
+def test_an_empty_answer_or_reference_never_scores(completion, reference):
+    assert MatchReward(Config()).score([completion], [_example(reference)]).tolist() == [0.0]
+
+
+def test_the_references_it_cannot_use_are_the_empty_ones():
+    problems = MatchReward.reference_problems(["7", "", " $ $ ", "x", "."])
+    assert [(problem.indices, problem.unusable) for problem in problems] == [((1, 2, 4), True)]
+    assert "an empty reference, which the match reward never scores as correct" in problems[0].problem
+    assert MatchReward.reference_problems(["1", "2"]) == []

@@ -185,3 +185,70 @@ def test_the_last_box_is_the_answer_and_empty_never_scores(completion, reference
     from retrain.rewards.math import equivalent
 
     assert equivalent(math_verify, completion, reference, 5, {})[0] is expected
+
+
+@pytest.mark.parametrize(("completion", "reference"), [
+    ("", "$ $"),          # no answer against a reference that is empty once normalized
+    (r"\boxed{ $ $ }", "3"),
+    (r"\boxed{}", "."),
+])
+def test_an_empty_answer_or_reference_never_scores_even_as_text(completion, reference):
+    math_verify = pytest.importorskip("math_verify")
+    from retrain.rewards.math import equivalent
+
+    assert equivalent(math_verify, completion, reference, 5, {})[0] is False
+
+
+# A stand-in for math-verify that cannot parse a reference holding "??" and counts its calls.
+UNREADABLE_VERIFIER = '''
+calls = []
+
+
+class LatexExtractionConfig:
+    pass
+
+
+class ExprExtractionConfig:
+    pass
+
+
+def parse(text, extraction_config=None, parsing_timeout=None):
+    calls.append(text)
+    return [] if "??" in text else [text]
+'''
+
+
+def test_reference_problems_name_the_empty_and_the_unparsable_references(tmp_path, monkeypatch):
+    import importlib
+
+    from retrain.rewards.math import MathReward
+
+    (tmp_path / "unreadable_verifier.py").write_text(UNREADABLE_VERIFIER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    references = ["12", "", "a??", r"\frac{1}{2}", "a??", " . ", "-3.5"]
+    problems = MathReward.reference_problems(references, verifier="unreadable_verifier")
+    assert [(problem.indices, problem.unusable) for problem in problems] == [((1, 5), True), ((2, 4), False)]
+    assert "math-verify cannot parse, which the math reward compares as text" in problems[1].problem
+    assert "found among" not in problems[1].problem
+    # Each distinct reference is parsed once; plain numbers and empty ones not at all.
+    assert importlib.import_module("unreadable_verifier").calls == [r"\boxed{a??}", r"\boxed{\frac{1}{2}}"]
+
+
+def test_the_parse_check_stops_at_its_time_budget_and_says_so(tmp_path, monkeypatch):
+    from retrain.rewards.math import MathReward
+
+    (tmp_path / "budget_verifier.py").write_text(UNREADABLE_VERIFIER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # With no time at all, only the first distinct reference is parsed.
+    problems = MathReward.reference_problems(["a??", "b??", "c", "a??"], budget_s=0, verifier="budget_verifier")
+    assert [problem.indices for problem in problems] == [(0, 3)]
+    assert "found among the first 1 of 3 distinct references, all that 0 s could check" in problems[0].problem
+
+
+def test_real_math_verify_reads_ordinary_answers_and_not_broken_ones():
+    pytest.importorskip("math_verify")
+    from retrain.rewards.math import MathReward
+
+    references = ["7", r"\frac{1}{2}", r"3\sqrt{2}", "(1, 2)", "x^2+1", "}{", "$"]
+    problems = MathReward.reference_problems(references, budget_s=60)
+    assert [(problem.indices, problem.unusable) for problem in problems] == [((5, 6), False)]
