@@ -1,4 +1,5 @@
-"""The ``custom`` reward: a user function scores each completion.
+"""The ``custom`` reward: a user function scores each completion, several at once, each
+within a deadline.
 
 ``[reward] custom_module`` names the module and ``custom_function`` (default ``score``)
 the function in it. The contract::
@@ -17,6 +18,27 @@ search_paths`` directories and module prefixes, then a plain import) and checks 
 signature. With ``[plugins] strict = false`` a non-finite result is replaced by 0.0 and
 logged; a result that is not a number at all, or an exception in the function, always
 stops the run.
+
+Concurrency and deadline. A step's completions are scored on worker threads, at most
+``[reward] max_concurrency`` calls at once, so a function that waits (on a server, a
+subprocess, a file) costs a step its slowest calls, not their sum. The thread-safety
+contract: the function may run on several threads at once, never on the main one. Code
+that only reads its arguments is safe; shared mutable state (a cache, a client) needs a
+lock or one copy per thread; code that cannot be made safe runs with ``max_concurrency =
+1``, one call at a time, still on a worker thread, so ``signal``-based timeouts (which
+need the main thread) never work in it.
+
+Each call may take at most ``[reward] timeout_s`` seconds; one that takes longer stops the
+run with an error naming the function, the completion and its example. A thread cannot
+be stopped from outside, so an overdue call is abandoned, not ended: the workers are
+daemon threads that this module starts itself, and a call stuck forever never keeps the
+process from exiting. The deadline is kept by the calling thread, so it holds whenever
+the function lets other Python code run, which is all pure-Python code and all waiting;
+a single C call that holds the interpreter lock (a huge integer power, say) delays it.
+
+Results keep the completions' order, and the error reported is always that of the lowest
+failing completion, as if the calls had been made one after another: once a call fails,
+no new calls start, and the calls before it are waited for (each within its deadline).
 """
 
 from __future__ import annotations
@@ -25,7 +47,9 @@ import inspect
 import logging
 import math
 import numbers
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -36,6 +60,9 @@ from retrain.rewards.base import examples_per_completion
 from retrain.types import Example
 
 logger = logging.getLogger(__name__)
+
+# How much of a prompt names an example that has no id, in a deadline error.
+PROMPT_CHARS = 60
 
 
 def _accepts_example(function: Callable[..., object]) -> bool:
@@ -52,26 +79,138 @@ def _accepts_example(function: Callable[..., object]) -> bool:
     return False
 
 
+def describe_example(example: Example) -> str:
+    """The example in an error message: its id, or the start of its prompt without one."""
+    if example.example_id:
+        return f"example {example.example_id!r}"
+    prompt = next((m.get("content", "") for m in example.messages if m.get("role") == "user"), "")
+    if not prompt and example.messages:
+        prompt = example.messages[0].get("content", "")
+    start = prompt[:PROMPT_CHARS] + ("..." if len(prompt) > PROMPT_CHARS else "")
+    return f"the example whose prompt starts {start!r}"
+
+
+class _Batch:
+    """One step's calls, shared under one condition by the worker threads (which take the
+    next index and record its outcome) and the thread that waits for them.
+
+    ``started`` holds the calls in flight with their start times; a call leaves it when
+    its outcome is recorded, by its worker or, past its deadline, by the waiting thread
+    (so a late return cannot overwrite the deadline error).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.changed = threading.Condition()
+        self.size = size
+        self.next_index = 0
+        self.started: dict[int, float] = {}
+        self.values: list[float] = [0.0] * size
+        self.errors: dict[int, BaseException] = {}
+        self.finished = 0
+        self.stopped = False
+
+    def take(self) -> int | None:
+        """The next completion to score, or None when there is none or the batch stopped."""
+        with self.changed:
+            if self.stopped or self.errors or self.next_index == self.size:
+                return None
+            index = self.next_index
+            self.next_index += 1
+            self.started[index] = time.monotonic()
+            self.changed.notify_all()  # the waiting thread now keeps this call's deadline
+            return index
+
+    def record(self, index: int, outcome: float | BaseException) -> None:
+        """The outcome of call ``index`` (caller holds ``changed``), unless it is already
+        recorded as overdue."""
+        if self.started.pop(index, None) is None:
+            return
+        if isinstance(outcome, BaseException):
+            self.errors[index] = outcome
+        else:
+            self.values[index] = outcome
+        self.finished += 1
+        self.changed.notify_all()
+
+    def settled(self) -> bool:
+        """All calls done, or a call failed and every call before it is done: nothing that
+        is still running could change the outcome."""
+        if not self.errors:
+            return self.finished == self.size
+        first = min(self.errors)
+        return all(index > first for index in self.started)
+
+
 class CustomReward:
     """Rewards from a user function ``score(completion, reference[, example=]) -> float``,
-    resolved by the run plan (``label`` is its dotted path)."""
+    resolved by the run plan (``label`` is its dotted path), called on at most
+    ``[reward] max_concurrency`` worker threads at once, each call within ``[reward]
+    timeout_s`` seconds."""
 
     def __init__(self, config: Config, *, function: Callable[..., object], label: str) -> None:
         self.label = label
         self.function = function
         self.pass_example = _accepts_example(function)
         self.strict = config.plugins.strict
+        self.timeout_s = config.reward.timeout_s
+        self.max_concurrency = config.reward.max_concurrency
         # Non-finite results replaced by 0.0 (only under [plugins] strict = false).
         self.repaired = 0
 
     def score(self, texts: list[str], examples: list[Example]) -> np.ndarray:
         aligned = examples_per_completion(texts, examples)
+        batch = _Batch(len(texts))
+        for worker in range(min(self.max_concurrency, len(texts))):
+            # Daemon threads: a call stuck past its deadline is abandoned, and never keeps
+            # the process from exiting (a pool's threads are joined at exit).
+            threading.Thread(target=self._work, args=(batch, texts, aligned), daemon=True,
+                             name=f"custom-reward-{worker}").start()
+        try:
+            self._wait(batch, aligned)
+        finally:
+            with batch.changed:
+                batch.stopped = True  # also on an interrupt: no call starts after this
+        if batch.errors:
+            raise batch.errors[min(batch.errors)]
         rewards_N = np.zeros(len(texts), dtype=np.float64)
-        for index, (text, example) in enumerate(zip(texts, aligned)):
-            rewards_N[index] = self._one(index, text, example)
+        for index, number in enumerate(batch.values):
+            rewards_N[index] = number if math.isfinite(number) else self._repair(index, number)
         return rewards_N
 
-    def _one(self, index: int, text: str, example: Example) -> float:
+    def _work(self, batch: _Batch, texts: Sequence[str], examples: Sequence[Example]) -> None:
+        """A worker thread: score completions until none is left or the batch stops."""
+        while (index := batch.take()) is not None:
+            outcome: float | BaseException
+            try:
+                outcome = self._call(index, texts[index], examples[index])
+            except BaseException as exc:  # noqa: BLE001 — not swallowed: the waiting thread raises it
+                outcome = exc
+            with batch.changed:
+                batch.record(index, outcome)
+
+    def _wait(self, batch: _Batch, examples: Sequence[Example]) -> None:
+        """Wait until the batch is settled, turning each call past its deadline into the
+        error for its completion."""
+        with batch.changed:
+            while not batch.settled():
+                now = time.monotonic()
+                for index, started in list(batch.started.items()):
+                    if now - started >= self.timeout_s:
+                        batch.record(index, self._overdue(index, examples[index]))
+                if batch.settled():
+                    return
+                first_deadline = min(batch.started.values(), default=now) + self.timeout_s
+                batch.changed.wait(timeout=max(first_deadline - now, 0.0) if batch.started else None)
+
+    def _overdue(self, index: int, example: Example) -> PluginError:
+        return PluginError(
+            f"custom reward {self.label} did not return within {self.timeout_s:g} s on completion {index} "
+            f"({describe_example(example)}) — make the function faster, or raise [reward] timeout_s"
+        )
+
+    def _call(self, index: int, text: str, example: Example) -> float:
+        """One call of the function, on a worker thread: its result as a float. A
+        non-finite result comes back as it is only when it is to be repaired."""
         try:
             if self.pass_example:
                 value = self.function(text, example.reference, example=example)
@@ -84,11 +223,13 @@ class CustomReward:
             raise PluginOutputError(f"custom reward {self.label} returned {type(value).__name__} {value!r:.80} for "
                               f"completion {index}; it must return a float")
         number = float(value)
-        if math.isfinite(number):
-            return number
-        if self.strict:
+        if not math.isfinite(number) and self.strict:
             raise PluginOutputError(f"custom reward {self.label} returned {number} for completion {index}; rewards must "
                               "be finite — fix the function, or set [plugins] strict = false to score it 0.0")
+        return number
+
+    def _repair(self, index: int, number: float) -> float:
+        """A non-finite result under ``strict = false``: logged, counted and scored 0.0."""
         logger.warning("custom reward %s returned %s for completion %d; using 0.0", self.label, number, index)
         self.repaired += 1
         return 0.0
