@@ -56,7 +56,7 @@ class GroupCollector:
         scored = self.environment.rollout(examples, self.engine, self.encode, self.settings.params)
         rewards_P_G = checked_rewards(scored, len(examples), self.settings.group_size, type(self.environment).__name__)
         return Collected(examples, scored.samples, rewards_P_G, dict(scored.timings),
-                         {"refill_rounds": 0.0, "refill_prompts": 0.0})
+                         {**scored.counts, "refill_rounds": 0.0, "refill_prompts": 0.0})
 
     def state_dict(self) -> dict[str, int]:
         return self.stream.state_dict()
@@ -117,7 +117,7 @@ class RefillingCollector(GroupCollector):
             prompts += missing
             missing -= int(informative.sum())
         merged = merge_collected(parts, keep)
-        merged.counts = {"refill_rounds": float(rounds), "refill_prompts": float(prompts)}
+        merged.counts.update({"refill_rounds": float(rounds), "refill_prompts": float(prompts)})
         return merged
 
 
@@ -130,11 +130,17 @@ def merge_collected(parts: list[Collected], keep: list[np.ndarray]) -> Collected
     rewards = np.concatenate([part.rewards_P_G[kept] for part, kept in zip(parts, keep)])
     rows = [np.flatnonzero(np.repeat(kept, group_size)) for kept in keep]
     samples = concat_samples([part.samples for part in parts], rows, keep)
-    timings: dict[str, float] = {}
-    for part in parts:
-        for name, value in part.timings.items():
-            timings[name] = timings.get(name, 0.0) + value
-    return Collected(examples, samples, rewards, timings)
+    return Collected(examples, samples, rewards, _summed([part.timings for part in parts]),
+                     _summed([part.counts for part in parts]))
+
+
+def _summed(tables: list[dict[str, float]]) -> dict[str, float]:
+    """Timings and counts of several rounds: each name's values added up."""
+    total: dict[str, float] = {}
+    for table in tables:
+        for name, value in table.items():
+            total[name] = total.get(name, 0.0) + value
+    return total
 
 
 def _pad_to(array: np.ndarray, width: int) -> np.ndarray:

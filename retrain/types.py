@@ -141,6 +141,8 @@ class Scored:
     samples: SampleBatch
     rewards_N: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    # Per-round counts for the metrics row, e.g. ``plugin_repaired_values``.
+    counts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -377,7 +379,10 @@ class Reward(Protocol):
     """Scores every trajectory of a step against its example's reference.
 
     ``examples`` is one example per trajectory, or one per prompt when the trajectories
-    come in prompt-major groups; the result has one finite float64 per trajectory.
+    come in prompt-major groups; the result has one finite float64 per trajectory. A
+    reward that repairs values (non-finite results scored 0.0 under ``[plugins] strict =
+    false``) may say how many of its last call's it repaired as ``last_repaired``; the
+    step's ``plugin_repaired_values`` counts them.
     """
 
     def score(self, texts: list[str], examples: list[Example]) -> np.ndarray: ...

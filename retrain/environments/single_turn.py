@@ -33,7 +33,8 @@ class SingleTurn:
         sampled = time.perf_counter()
         rewards_N = np.asarray(self.reward.score(samples.texts, examples), dtype=np.float64)
         timings = {"sample_time_s": sampled - start, "reward_time_s": time.perf_counter() - sampled}
-        return Scored(samples, rewards_N, timings)
+        repaired = getattr(self.reward, "last_repaired", 0)  # optional: see the Reward protocol
+        return Scored(samples, rewards_N, timings, {"plugin_repaired_values": float(repaired)})
 
     def close(self) -> None:
         """Close the reward and the data source where they hold something (a judge's HTTP

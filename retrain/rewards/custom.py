@@ -34,7 +34,8 @@ be stopped from outside, so an overdue call is abandoned, not ended: the workers
 daemon threads that this module starts itself, and a call stuck forever never keeps the
 process from exiting. The deadline is kept by the calling thread, so it holds whenever
 the function lets other Python code run, which is all pure-Python code and all waiting;
-a single C call that holds the interpreter lock (a huge integer power, say) delays it.
+a single C call that holds the interpreter lock (a huge integer power, say) delays it
+(retrain/concurrency.py runs the calls).
 
 Results keep the completions' order, and the error reported is always that of the lowest
 failing completion, as if the calls had been made one after another: once a call fails,
@@ -47,12 +48,11 @@ import inspect
 import logging
 import math
 import numbers
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
+from retrain.concurrency import map_with_deadlines
 from retrain.config.schema import Config
 from retrain.errors import PluginError
 from retrain.registry import PluginOutputError
@@ -90,57 +90,6 @@ def describe_example(example: Example) -> str:
     return f"the example whose prompt starts {start!r}"
 
 
-class _Batch:
-    """One step's calls, shared under one condition by the worker threads (which take the
-    next index and record its outcome) and the thread that waits for them.
-
-    ``started`` holds the calls in flight with their start times; a call leaves it when
-    its outcome is recorded, by its worker or, past its deadline, by the waiting thread
-    (so a late return cannot overwrite the deadline error).
-    """
-
-    def __init__(self, size: int) -> None:
-        self.changed = threading.Condition()
-        self.size = size
-        self.next_index = 0
-        self.started: dict[int, float] = {}
-        self.values: list[float] = [0.0] * size
-        self.errors: dict[int, BaseException] = {}
-        self.finished = 0
-        self.stopped = False
-
-    def take(self) -> int | None:
-        """The next completion to score, or None when there is none or the batch stopped."""
-        with self.changed:
-            if self.stopped or self.errors or self.next_index == self.size:
-                return None
-            index = self.next_index
-            self.next_index += 1
-            self.started[index] = time.monotonic()
-            self.changed.notify_all()  # the waiting thread now keeps this call's deadline
-            return index
-
-    def record(self, index: int, outcome: float | BaseException) -> None:
-        """The outcome of call ``index`` (caller holds ``changed``), unless it is already
-        recorded as overdue."""
-        if self.started.pop(index, None) is None:
-            return
-        if isinstance(outcome, BaseException):
-            self.errors[index] = outcome
-        else:
-            self.values[index] = outcome
-        self.finished += 1
-        self.changed.notify_all()
-
-    def settled(self) -> bool:
-        """All calls done, or a call failed and every call before it is done: nothing that
-        is still running could change the outcome."""
-        if not self.errors:
-            return self.finished == self.size
-        first = min(self.errors)
-        return all(index > first for index in self.started)
-
-
 class CustomReward:
     """Rewards from a user function ``score(completion, reference[, example=]) -> float``,
     resolved by the run plan (``label`` is its dotted path), called on at most
@@ -154,53 +103,20 @@ class CustomReward:
         self.strict = config.plugins.strict
         self.timeout_s = config.reward.timeout_s
         self.max_concurrency = config.reward.max_concurrency
-        # Non-finite results replaced by 0.0 (only under [plugins] strict = false).
+        # Non-finite results replaced by 0.0 (only under [plugins] strict = false): in all,
+        # and in the last call of ``score`` (a step's metrics row counts it).
         self.repaired = 0
+        self.last_repaired = 0
 
     def score(self, texts: list[str], examples: list[Example]) -> np.ndarray:
         aligned = examples_per_completion(texts, examples)
-        batch = _Batch(len(texts))
-        for worker in range(min(self.max_concurrency, len(texts))):
-            # Daemon threads: a call stuck past its deadline is abandoned, and never keeps
-            # the process from exiting (a pool's threads are joined at exit).
-            threading.Thread(target=self._work, args=(batch, texts, aligned), daemon=True,
-                             name=f"custom-reward-{worker}").start()
-        try:
-            self._wait(batch, aligned)
-        finally:
-            with batch.changed:
-                batch.stopped = True  # also on an interrupt: no call starts after this
-        if batch.errors:
-            raise batch.errors[min(batch.errors)]
-        rewards_N = np.zeros(len(texts), dtype=np.float64)
-        for index, number in enumerate(batch.values):
-            rewards_N[index] = number if math.isfinite(number) else self._repair(index, number)
+        values = map_with_deadlines(lambda index: self._call(index, texts[index], aligned[index]), len(texts),
+                                    max_workers=self.max_concurrency, timeout_s=self.timeout_s,
+                                    overdue=lambda index: self._overdue(index, aligned[index]), name="custom-reward")
+        rewards_N = np.asarray(values, dtype=np.float64).reshape(len(texts))
+        self.last_repaired = self._repair(rewards_N)
+        self.repaired += self.last_repaired
         return rewards_N
-
-    def _work(self, batch: _Batch, texts: Sequence[str], examples: Sequence[Example]) -> None:
-        """A worker thread: score completions until none is left or the batch stops."""
-        while (index := batch.take()) is not None:
-            outcome: float | BaseException
-            try:
-                outcome = self._call(index, texts[index], examples[index])
-            except BaseException as exc:  # noqa: BLE001 — not swallowed: the waiting thread raises it
-                outcome = exc
-            with batch.changed:
-                batch.record(index, outcome)
-
-    def _wait(self, batch: _Batch, examples: Sequence[Example]) -> None:
-        """Wait until the batch is settled, turning each call past its deadline into the
-        error for its completion."""
-        with batch.changed:
-            while not batch.settled():
-                now = time.monotonic()
-                for index, started in list(batch.started.items()):
-                    if now - started >= self.timeout_s:
-                        batch.record(index, self._overdue(index, examples[index]))
-                if batch.settled():
-                    return
-                first_deadline = min(batch.started.values(), default=now) + self.timeout_s
-                batch.changed.wait(timeout=max(first_deadline - now, 0.0) if batch.started else None)
 
     def _overdue(self, index: int, example: Example) -> PluginError:
         return PluginError(
@@ -228,8 +144,15 @@ class CustomReward:
                               "be finite — fix the function, or set [plugins] strict = false to score it 0.0")
         return number
 
-    def _repair(self, index: int, number: float) -> float:
-        """A non-finite result under ``strict = false``: logged, counted and scored 0.0."""
-        logger.warning("custom reward %s returned %s for completion %d; using 0.0", self.label, number, index)
-        self.repaired += 1
-        return 0.0
+    def _repair(self, rewards_N: np.ndarray) -> int:
+        """Non-finite results under ``strict = false`` (strict refused them already):
+        scored 0.0, logged once per step with their count, and counted."""
+        bad_N = ~np.isfinite(rewards_N)
+        repaired = int(bad_N.sum())
+        if repaired:
+            nan = int(np.isnan(rewards_N).sum())
+            logger.warning("custom reward %s returned non-finite values for %d of %d completions (%d NaN, %d inf), "
+                           "first completion %d; scored 0.0", self.label, repaired, len(rewards_N), nan,
+                           repaired - nan, int(np.flatnonzero(bad_N)[0]))
+            rewards_N[bad_N] = 0.0
+        return repaired

@@ -25,11 +25,11 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from retrain.concurrency import map_with_deadlines
 from retrain.config.schema import Config
 from retrain.errors import ConfigError, ConfigIssue
 from retrain.http import DeadlineExceeded, HttpClient, HttpError, HttpStatusError, RequestCancelled, parse_endpoint
@@ -128,8 +128,12 @@ class JudgeReward:
         if not texts:
             return np.zeros(0, dtype=np.float64)
         jobs = [judge_messages(problem_text(example), example.reference, text) for text, example in zip(texts, aligned)]
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(jobs))) as pool:
-            verdicts = list(pool.map(self._judge, jobs))
+        # The client ends each call by its deadline; the margin only catches a worker stuck
+        # where no socket timeout reaches (a hung name lookup), on threads that never hold
+        # the process at exit.
+        verdicts = map_with_deadlines(lambda index: self._judge(jobs[index]), len(jobs),
+                                      max_workers=self.max_concurrency, timeout_s=self.client.deadline_s + 5.0,
+                                      overdue=self._overdue, name="judge")
         rewards_N = np.zeros(len(texts), dtype=np.float64)
         for index, verdict in enumerate(verdicts):
             if verdict.reward is not None:
@@ -143,6 +147,10 @@ class JudgeReward:
             logger.warning("%s; scoring it 0.0", message)
             self.malformed_verdicts += 1
         return rewards_N
+
+    def _overdue(self, index: int) -> RewardError:
+        return RewardError(f"judge call for completion {index} to {self.url} did not end within [reward] timeout_s "
+                           f"= {self.client.deadline_s:g} s — check the server and OPENAI_BASE_URL")
 
     def _judge(self, messages: list[dict[str, str]]) -> _Verdict:
         """Ask until a well-formed verdict comes back, all within one deadline."""

@@ -286,3 +286,37 @@ def test_a_second_signal_stops_a_run_whose_reward_never_returns(tmp_path: Path) 
     reader.join(30)
     assert process.returncode == 130, "".join(lines)
     assert "Traceback" not in "".join(lines), "".join(lines)
+
+
+def test_non_finite_results_are_repaired_with_one_warning_and_counted_per_call(caplog: pytest.LogCaptureFixture) -> None:
+    from retrain.config.schema import PluginsConfig
+    from retrain.environments.single_turn import SingleTurn
+
+    values = {"a": float("nan"), "b": float("inf"), "c": 1.0, "d": 0.5}
+    config = Config(reward=RewardConfig(type="custom", custom_module="tests_rewards"),
+                    plugins=PluginsConfig(strict=False))
+    reward = CustomReward(config, function=lambda completion, reference: values[completion], label="m.score")
+    with caplog.at_level("WARNING"):
+        rewards = reward.score(["a", "b", "c", "d"], _examples(4))
+    assert rewards.tolist() == [0.0, 0.0, 1.0, 0.5]
+    assert reward.last_repaired == 2 and reward.repaired == 2
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == ["custom reward m.score returned non-finite values for 2 of 4 completions (1 NaN, 1 inf), "
+                        "first completion 0; scored 0.0"]
+    reward.score(["c", "d"], _examples(2))
+    assert reward.last_repaired == 0 and reward.repaired == 2
+
+    # The environment hands the call's count to the step's metrics row.
+    from spine_fakes import FakeEngine
+
+    from retrain.types import SamplingParams
+
+    class Prompts:
+        def examples(self) -> list[Example]:
+            return _examples(2)
+
+    nan_reward = CustomReward(config, function=lambda completion, reference: float("nan"), label="m.nan")
+    environment = SingleTurn(config, data=lambda _: Prompts(), reward=lambda _: nan_reward)
+    scored = environment.rollout(_examples(2), FakeEngine(config), lambda messages: [1, 2],
+                                 SamplingParams(n=3, max_tokens=2))
+    assert scored.counts == {"plugin_repaired_values": 6.0}
