@@ -1,18 +1,23 @@
 """The folders a run writes, and claiming them: a run locks its ``log_dir`` for as long
 as it runs and records itself in an adapter folder outside it, so two runs never write
-into one folder (docs/checkpoints.md, "One run per folder")."""
+into one folder, and a fresh run refuses a folder that holds an earlier run's
+checkpoints rather than mixing its own with them (docs/checkpoints.md, "One run per
+folder")."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import IO
 
 from retrain.atomic import write_atomic
 from retrain.config.schema import Config
 from retrain.errors import ConfigIssue, RetrainError
+from retrain.sinks import METRICS_FILE
+from retrain.sinks.jsonl import read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +63,14 @@ def claim_output_dirs(config: Config, resuming: bool) -> IO[str]:
         logger.warning("the filesystem of %s cannot lock files (%s); make sure no other retrain process uses "
                        "this folder", log_dir, exc.strerror)
     try:
-        _claim_adapter_dir(adapter_dir(config), log_dir)
+        _claim_adapter_dir(adapter_dir(config), log_dir, fresh=not resuming)
     except BaseException:
         lock.close()
         raise
     return lock
 
 
-def _claim_adapter_dir(adapters: Path, log_dir: Path) -> None:
+def _claim_adapter_dir(adapters: Path, log_dir: Path, fresh: bool) -> None:
     owner_file = adapters / OWNER_FILE
     me = log_dir.resolve()
     try:
@@ -80,10 +85,55 @@ def _claim_adapter_dir(adapters: Path, log_dir: Path) -> None:
                 "overwrite — give each run its own folder: adapter_path = \"{log_dir}/adapter\" (a resumed run "
                 "may move its adapters with --backend-adapter-path DIR)"
             )
+        if fresh:
+            refuse_earlier_checkpoints(log_dir, adapters, adapters_mine=inside_mine or Path(owner) == me)
         write_atomic(owner_file, f"{me}\n")
     except OSError as exc:
         raise RetrainError(f"cannot write [backend] adapter_path {adapters}: {exc.strerror or exc} — "
                            "choose a folder this user can create and write to") from exc
+
+
+def refuse_earlier_checkpoints(log_dir: Path, adapters: Path, adapters_mine: bool) -> None:
+    """A fresh run (``log_dir`` has no trainer_state.json) must not mix its checkpoints
+    with those of an earlier run: ``checkpoints/step_*`` in ``log_dir``, or
+    ``checkpoint_step_*`` and ``final`` in the adapter folder, refuse the folder.
+
+    The one exception is the unfinished first checkpoint of an earlier attempt in this
+    very folder, killed before it wrote trainer_state.json: that attempt's rows are
+    replaced by the new run (``truncate_after(0)``), and these pieces are removed here.
+    It is recognised by its shape: a single ``checkpoints/step_N``, at most the adapter
+    ``checkpoint_step_N`` of the same step (in a folder this run owns), no ``final``, and
+    a metrics log whose last row is step N (the step a checkpoint follows at once)."""
+    step_dirs = sorted(path for path in (log_dir / "checkpoints").glob("step_*") if path.is_dir())
+    saved = sorted(path for path in adapters.glob("checkpoint_step_*") if path.is_dir())
+    if (adapters / "final").exists():
+        saved.append(adapters / "final")
+    if not step_dirs and not saved:
+        return
+    if _unfinished_first_checkpoint(log_dir, step_dirs, saved, adapters_mine):
+        logger.warning("removing %s: the unfinished first checkpoint of an earlier attempt in %s (it never wrote %s); "
+                       "this run starts over", ", ".join(str(path) for path in (*step_dirs, *saved)), log_dir,
+                       STATE_FILE)
+        for path in (*saved, *step_dirs):
+            shutil.rmtree(path)
+        return
+    found = [*step_dirs, *saved]
+    shown = ", ".join(str(path) for path in found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+    raise RetrainError(
+        f"{log_dir} has no {STATE_FILE} (nothing to resume), but holds the checkpoints of an earlier run: {shown}; "
+        "a new run would mix its checkpoints with them, so nothing was changed — start it in a new --log-dir (with "
+        "adapter_path = \"{log_dir}/adapter\"), or delete those folders to start over here"
+    )
+
+
+def _unfinished_first_checkpoint(log_dir: Path, step_dirs: list[Path], saved: list[Path], adapters_mine: bool) -> bool:
+    if len(step_dirs) != 1 or (saved and not adapters_mine):
+        return False
+    step = step_dirs[0].name.removeprefix("step_")
+    if any(path.name != f"checkpoint_step_{step}" for path in saved):
+        return False
+    rows = read_rows(log_dir / METRICS_FILE, warn_torn=False)
+    return bool(rows) and str(rows[-1].get("step")) == step
 
 
 def _run_exists(log_dir: Path) -> bool:

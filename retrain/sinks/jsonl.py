@@ -25,6 +25,10 @@ fsync per append costs ~4 ms here, a sizeable share of a small model's step;
 ``fsync_each_append=True`` pays it for every row.) ``truncate_after(step)`` rewrites a
 log atomically without the rows after ``step``, which resume uses so that no step is
 ever logged twice. Non-finite floats are written as ``null`` (JSON has no NaN).
+
+A full disk (or quota) during an append is a ``DiskFullError`` (retrain/atomic.py), and
+the file is first cut back to its size before the append, so the rows already there stay
+and no partial row is left behind.
 """
 
 from __future__ import annotations
@@ -38,13 +42,17 @@ from pathlib import Path
 
 import numpy as np
 
-from retrain.atomic import write_atomic
+from retrain.atomic import format_bytes, raise_if_disk_full, write_all, write_atomic
 from retrain.errors import RetrainError
 from retrain.types import Example, SampleBatch, Sink
 
 logger = logging.getLogger(__name__)
 
 JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
+
+
+RESUME_HINT = ("continue from the last checkpoint with `retrain --resume {log_dir}` (before a first checkpoint: "
+               "run the same command again)")
 
 
 class LogFileError(RetrainError):
@@ -77,13 +85,14 @@ def json_line(row: Mapping[str, object]) -> str:
     return json.dumps(to_json_value(row), ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
 
 
-def read_rows(path: Path) -> list[dict[str, JsonValue]]:
+def read_rows(path: Path, *, warn_torn: bool = True) -> list[dict[str, JsonValue]]:
     """The complete rows of a JSONL log (without opening it for writing); a torn final
-    line is skipped with a warning, any other unreadable line is a ``LogFileError``."""
+    line is skipped (with a warning unless ``warn_torn`` is False), any other unreadable
+    line is a ``LogFileError``."""
     if not path.exists():
         return []
     lines = path.read_bytes().split(b"\n")
-    if lines[-1]:
+    if lines[-1] and warn_torn:
         logger.warning("%s: skipping a torn last line (%d bytes)", path, len(lines[-1]))
     rows = []
     for number, line in enumerate(lines[:-1], start=1):
@@ -135,12 +144,19 @@ class JsonlLog(Sink):
         if not data:
             return
         fd = self._descriptor()
-        written = os.write(fd, data)
-        # A short write (a signal between pages) is finished rather than left torn.
-        while written < len(data):
-            written += os.write(fd, data[written:])
-        if self.fsync_each_append:
-            os.fsync(fd)
+        size = os.fstat(fd).st_size
+        try:
+            # A short write (a signal between pages) is finished rather than left torn.
+            write_all(fd, data)
+            if self.fsync_each_append:
+                os.fsync(fd)
+        except BaseException as exc:
+            # Whatever part made it to the file is cut off again: no torn row.
+            os.ftruncate(fd, size)
+            raise_if_disk_full(exc, self.path, what=f"cannot append to {self.path.name}",
+                               needed=f"the rows need {format_bytes(len(data))} (no partial row was left)",
+                               then=RESUME_HINT.format(log_dir=self.path.parent))
+            raise
 
     def rows(self) -> list[dict[str, JsonValue]]:
         """Every complete row; a torn final line is skipped with a warning."""
@@ -158,8 +174,15 @@ class JsonlLog(Sink):
             self._fd = None
 
     def sync(self) -> None:
-        if self._fd is not None:
+        if self._fd is None:
+            return
+        try:
             os.fsync(self._fd)
+        except OSError as exc:
+            # Some filesystems (NFS, quotas) only report a full disk when flushing.
+            raise_if_disk_full(exc, self.path, what=f"cannot flush {self.path.name} to disk",
+                               then=RESUME_HINT.format(log_dir=self.path.parent))
+            raise
 
     def close(self) -> None:
         self.sync()
