@@ -44,6 +44,7 @@ from retrain.config.snapshot import config_to_dict, write_snapshot
 from retrain.data.stream import PromptStream
 from retrain.errors import ConfigIssue, RetrainError
 from retrain.http import RequestCancelled
+from retrain.inputs import absolute_input_paths, check_inputs, input_fingerprints, input_settings
 from retrain.metrics import metrics_row
 from retrain.plan import RunPlan, plan_run, with_absolute_search_paths
 from retrain.publication import Publisher
@@ -168,8 +169,12 @@ def check_resume_settings(config: Config, log_dir: Path, state: dict[str, object
     if config.training.seed < 0:
         # "a fresh seed" in the config: the run's own seed is the one in its snapshot
         config = replace_setting(config, "training.seed", snapshot.training.seed)
-    before, now = _flat_settings(snapshot), _flat_settings(config)
-    changed = sorted(key for key in before if key not in RESUMABLE_CHANGES and before[key] != now.get(key))
+    # A snapshot from before input paths were made absolute holds them as written.
+    before, now = _flat_settings(absolute_input_paths(snapshot)), _flat_settings(config)
+    recorded = state.get("inputs")
+    # An input file may be named anew (it moved): what counts is its content, checked below.
+    moved = {spec.dotted for spec in input_settings()} if isinstance(recorded, dict) else set()
+    changed = sorted(key for key in before if key not in RESUMABLE_CHANGES | moved and before[key] != now.get(key))
     if changed:
         shown = ", ".join(f"{key} = {now.get(key)!r} (the run has {before[key]!r})" for key in changed[:6])
         raise RetrainError(
@@ -177,6 +182,8 @@ def check_resume_settings(config: Config, log_dir: Path, state: dict[str, object
             f"{' ...' if len(changed) > 6 else ''} — resume with `retrain --resume {log_dir}` and no other "
             "settings (only max_steps, save_every and logging outputs may change), or start a new --log-dir"
         )
+    if isinstance(recorded, dict):
+        check_inputs(config, recorded, log_dir)
     done = _int(state, "step")
     if config.training.max_steps < done:
         raise RetrainError(
@@ -229,10 +236,14 @@ def _inexact_reason(plan: RunPlan) -> str:
     return "; ".join(parts)
 
 
-def train_loop(run: Run, skipped_updates: int, signals: StopSignals) -> dict[str, object]:
+def train_loop(run: Run, carried: dict[str, object], signals: StopSignals) -> dict[str, object]:
     """Steps ``run.start_step`` .. max_steps, with logs and checkpoints; the last row.
-    A stop signal ends the loop after the step in progress, with a checkpoint of it."""
+    ``carried`` goes into every checkpoint's trainer state (``skipped_updates`` counted on
+    from it, the input fingerprints). A stop signal ends the loop after the step in
+    progress, with a checkpoint of it."""
     last_row: dict[str, object] = {}
+    skipped = carried.get("skipped_updates", 0)
+    skipped_updates = skipped if isinstance(skipped, int) else 0
     max_steps = run.config.training.max_steps
     save_every = run.config.training.save_every
     with signals.graceful():
@@ -246,7 +257,7 @@ def train_loop(run: Run, skipped_updates: int, signals: StopSignals) -> dict[str
                                       record.collected.rewards_P_G.reshape(-1))
             if step == max_steps or (save_every and step % save_every == 0) or signals.requested:
                 with signals.checkpointing():
-                    save_checkpoint(run, step, {"skipped_updates": skipped_updates})
+                    save_checkpoint(run, step, {**carried, "skipped_updates": skipped_updates})
             if signals.signum is not None and step < max_steps:
                 logger.warning("stopped after step %d of %d; continue with `retrain --resume %s`",
                                step, max_steps, run.log_dir)
@@ -272,7 +283,7 @@ def run_training(resolved: ResolvedConfig, warn: Callable[[ConfigIssue], None] |
     """Plan, build, (resume,) train and checkpoint a run; ``warn`` receives every warning
     about the config, the components' included, once the plan is made."""
     given = resolved.sources.get(("logging", "log_dir"), "")
-    config, state = resume_context(with_absolute_search_paths(resolved),
+    config, state = resume_context(absolute_input_paths(with_absolute_search_paths(resolved)),
                                    given if given.startswith(("CLI", "env")) else "")
     plan = plan_run(dataclasses.replace(resolved, config=config, warnings=list(resolved.warnings)))
     for warning in plan.resolved.warnings:
@@ -307,7 +318,9 @@ def _train(plan: RunPlan, state: Mapping[str, object] | None) -> RunSummary:
         try:
             start(run, state, plan)
             skipped = state.get("skipped_updates", 0) if state else 0
-            last_row = train_loop(run, skipped if isinstance(skipped, int) else 0, signals)
+            carried = {"skipped_updates": skipped if isinstance(skipped, int) else 0,
+                       "inputs": input_fingerprints(run.config)}
+            last_row = train_loop(run, carried, signals)
             final = run.adapter_dir / "final"
             with signals.checkpointing():
                 run.backend.save_adapter(final)

@@ -33,6 +33,7 @@ def setting(
     toml_key: str | None = None,
     aliases: tuple[str, ...] = (),
     component_setting: bool = False,
+    input_path: bool = False,
 ) -> Any:
     """Declare one setting.
 
@@ -43,6 +44,9 @@ def setting(
     ``aliases`` are older TOML spellings still accepted. ``component_setting`` marks a
     setting only some backends or engines read (they list it in their capabilities'
     ``reads``): setting it when neither the chosen backend nor engine reads it is an error.
+    ``input_path`` marks a file or folder the run reads its examples from: a run records
+    it as an absolute path with a fingerprint of its content, and a resumed run checks that
+    it still reads the same content (retrain/inputs.py).
     ``{choices}`` in ``help`` stands for the valid values (``choices`` or the registry's
     built-ins of ``plugin_kind``), so no help text lists them by hand.
     """
@@ -59,6 +63,7 @@ def setting(
         "toml_key": toml_key,
         "aliases": aliases,
         "component_setting": component_setting,
+        "input_path": input_path,
     }
     if isinstance(default, (list, dict)):
         frozen_default = default
@@ -232,7 +237,8 @@ class DataConfig:
         plugin_kind="data",
     )
     path: str = setting(
-        "", "jsonl: the file to read; math: a local copy of the dataset instead of the hub; empty = none"
+        "", "jsonl: the file to read; math: a local copy of the dataset instead of the hub; empty = none",
+        input_path=True,
     )
     split: str = setting("train", "Dataset split to train on")
     shuffle: bool = setting(True, "Shuffle the examples (seeded by [training] seed)")
@@ -442,6 +448,7 @@ class FieldSpec:
     flag: str | None
     aliases: tuple[str, ...]
     component_setting: bool
+    input_path: bool
 
     @property
     def dotted(self) -> str:
