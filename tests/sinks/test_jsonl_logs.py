@@ -198,3 +198,32 @@ def test_sample_indices_are_spread_sorted_and_in_range(count, per_step):
     assert all(0 <= index < count for index in indices)
     if per_step >= 2 and count >= 2:
         assert indices[0] == 0 and indices[-1] == count - 1
+
+
+class FailingAfter:
+    """Called like ``os.write``: writes ``fits`` bytes, then fails with ``number``."""
+
+    def __init__(self, fits: int, number: int) -> None:
+        self.fits, self.number = fits, number
+
+    def __call__(self, fd: int, data: memoryview) -> int:
+        if self.fits <= 0:
+            raise OSError(self.number, os.strerror(self.number))
+        written = os.write(fd, data[:self.fits])
+        self.fits -= written
+        return written
+
+
+def test_an_append_that_fails_part_way_for_any_reason_is_cut_off_again(tmp_path):
+    import errno
+
+    from retrain.atomic import writes_through
+
+    path = tmp_path / "m.jsonl"
+    log = MetricsLog(path)
+    log.append({"step": 1})
+    with writes_through(FailingAfter(5, errno.EIO)), pytest.raises(OSError, match="Input/output error"):
+        log.append({"step": 2, "payload": "x" * 100})  # not a full disk: the error itself propagates
+    assert path.read_text() == '{"step":1}\n'
+    log.append({"step": 2})
+    assert [row["step"] for row in log.rows()] == [1, 2]
