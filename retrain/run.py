@@ -37,10 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from retrain.checkpoint import read_trainer_state, restore, save_checkpoint
+from retrain.checkpoint import read_trainer_state, restore, save_checkpoint, save_final_adapter
 from retrain.config.loader import ResolvedConfig, load_config, replace_setting
 from retrain.config.schema import Config
-from retrain.config.snapshot import config_to_dict, write_snapshot
+from retrain.config.loader import ENV_PREFIX
+from retrain.config.snapshot import config_to_dict, missing_secrets, redacted_paths, write_snapshot
 from retrain.data.stream import PromptStream
 from retrain.errors import ConfigIssue, RetrainError
 from retrain.http import RequestCancelled
@@ -184,6 +185,7 @@ def check_resume_settings(config: Config, log_dir: Path, state: dict[str, object
         )
     if isinstance(recorded, dict):
         check_inputs(config, recorded, log_dir)
+    _refuse_missing_secrets(config, state, log_dir)
     done = _int(state, "step")
     if config.training.max_steps < done:
         raise RetrainError(
@@ -191,6 +193,19 @@ def check_resume_settings(config: Config, log_dir: Path, state: dict[str, object
             f"{config.training.max_steps} — give --max-steps {done} or more"
         )
     return config
+
+
+def _refuse_missing_secrets(config: Config, state: Mapping[str, object], log_dir: Path) -> None:
+    """The snapshot blanks secrets: a resumed run must be given them again, not run
+    with an empty ``api_key`` a plugin would take for a real one."""
+    recorded = state.get("redacted")
+    missing = missing_secrets(config, recorded) if isinstance(recorded, list) else []
+    if missing:
+        names = ", ".join(f"{ENV_PREFIX}{path.upper().replace('.', '__')}" for path in missing)
+        raise RetrainError(f"cannot resume {log_dir}: the run's snapshot does not keep secrets, and "
+                           f"{', '.join(missing)} {'was' if len(missing) == 1 else 'were'} one — give "
+                           f"{'it' if len(missing) == 1 else 'them'} again through the environment or .env "
+                           f"({names})")
 
 
 def resume_context(config: Config, log_dir_given: str = "") -> tuple[Config, dict[str, object] | None]:
@@ -319,11 +334,10 @@ def _train(plan: RunPlan, state: Mapping[str, object] | None) -> RunSummary:
             start(run, state, plan)
             skipped = state.get("skipped_updates", 0) if state else 0
             carried = {"skipped_updates": skipped if isinstance(skipped, int) else 0,
-                       "inputs": input_fingerprints(run.config)}
+                       "inputs": input_fingerprints(run.config), "redacted": redacted_paths(run.config)}
             last_row = train_loop(run, carried, signals)
-            final = run.adapter_dir / "final"
             with signals.checkpointing():
-                run.backend.save_adapter(final)
+                final = save_final_adapter(run)
         finally:
             run.close()
     return RunSummary(run.log_dir, run.adapter_dir, final, run.config.training.max_steps, last_row)

@@ -120,3 +120,33 @@ def write_snapshot(config: Config, path: Path) -> Path:
     """Write the resolved config (secrets redacted) to ``path`` atomically."""
     write_atomic(path, config_to_toml(config))
     return path
+
+
+def redacted_paths(config: Config) -> list[str]:
+    """Where the snapshot loses a value to redaction (``algorithm.params.api_key``,
+    ``inference.url``): a resumed run, which starts from the snapshot, must be given
+    those again (``missing_secrets``)."""
+    return sorted(_changed_paths(config_to_dict(config, redact=False), config_to_dict(config), ""))
+
+
+def _changed_paths(raw: object, redacted: object, prefix: str) -> list[str]:
+    if isinstance(raw, dict) and isinstance(redacted, dict):
+        return [path for key in raw for path in _changed_paths(raw[key], redacted.get(key), f"{prefix}.{key}".lstrip("."))]
+    return [prefix] if raw != redacted else []
+
+
+def missing_secrets(config: Config, recorded: list[object]) -> list[str]:
+    """The paths of ``recorded`` (a run's ``redacted_paths``) whose value ``config`` has
+    only in its redacted form: nobody gave them again."""
+    raw, redacted = config_to_dict(config, redact=False), config_to_dict(config)
+    missing = []
+    for path in recorded:
+        if isinstance(path, str) and _at(raw, path) == _at(redacted, path):
+            missing.append(path)
+    return missing
+
+
+def _at(table: object, path: str) -> object:
+    for part in path.split("."):
+        table = table.get(part) if isinstance(table, dict) else None
+    return table

@@ -91,10 +91,14 @@ def _stage_params(resolved: ResolvedPlugin, config: Config) -> object:
 
 
 def params_view(params: object) -> object:
+    """A stage's parameters as plain data for display (``retrain explain``, its JSON),
+    secrets blanked by the snapshot's rule."""
+    from retrain.config.snapshot import redact_value
+
     if dataclasses.is_dataclass(params) and not isinstance(params, type):
-        return dataclasses.asdict(params)
+        return redact_value(dataclasses.asdict(params))
     if isinstance(params, Mapping):
-        return dict(params)
+        return redact_value(dict(params))
     return params
 
 
