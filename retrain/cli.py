@@ -114,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # First: RETRAIN_LOG_LEVEL, RETRAIN_DEBUG and RETRAIN_CACHE_DIR may be set in .env too.
+        load_dotenv_file()
+    except RetrainError as exc:
+        print(f"retrain: {exc}", file=sys.stderr)
+        return exc.exit_code
     level = os.environ.get("RETRAIN_LOG_LEVEL", "WARNING").strip().upper() or "WARNING"
     if level not in LOG_LEVELS:
         print(f"retrain: RETRAIN_LOG_LEVEL={os.environ['RETRAIN_LOG_LEVEL']!r} is not a log level — use one of "
@@ -138,7 +144,6 @@ def run_command(argv: list[str] | None = None) -> int:
             return 2
     module_name, _ = SUBCOMMANDS[command]
     try:
-        load_dotenv_file()
         module = importlib.import_module(module_name)
         return int(module.main(args))
     except RetrainError as exc:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import json
 import logging
 import os
 import random
@@ -156,6 +157,29 @@ def _flat_settings(config: Config) -> dict[str, object]:
     return {f"{section}.{key}": value for section, table in config_to_dict(config).items() for key, value in table.items()}
 
 
+def pinned_settings(config: Config) -> dict[str, object]:
+    """The settings a checkpoint was taken with that a resume may not change (as JSON
+    data): a snapshot edited by hand since is told apart from the run's own."""
+    fixed = RESUMABLE_CHANGES | {spec.dotted for spec in input_settings()}
+    pinned = {key: value for key, value in _flat_settings(config).items() if key not in fixed}
+    loaded: dict[str, object] = json.loads(json.dumps(pinned))
+    return loaded
+
+
+def _refuse_edited_snapshot(snapshot: Config, state: Mapping[str, object], snapshot_path: Path) -> None:
+    recorded = state.get("settings")
+    if not isinstance(recorded, dict):
+        return  # a checkpoint from before settings were recorded
+    now = pinned_settings(snapshot)
+    edited = sorted(key for key in recorded.keys() | now.keys() if recorded.get(key) != now.get(key))
+    if edited:
+        shown = ", ".join(f"{key} = {now.get(key)!r} (the checkpoint was taken with {recorded.get(key)!r})"
+                          for key in edited[:6])
+        raise RetrainError(f"cannot resume: {snapshot_path} was edited since the last checkpoint: {shown}"
+                           f"{' ...' if len(edited) > 6 else ''} — a resumed run continues with the run's own "
+                           "settings: undo the edit, or start a new run (a new --log-dir) with the settings you want")
+
+
 def check_resume_settings(config: Config, log_dir: Path, state: dict[str, object]) -> Config:
     """The config a resumed run continues with: the snapshot's settings, except the
     ones in ``RESUMABLE_CHANGES`` (a larger ``max_steps`` extends a finished run).
@@ -167,6 +191,7 @@ def check_resume_settings(config: Config, log_dir: Path, state: dict[str, object
     if not snapshot_path.is_file():
         raise RetrainError(f"cannot resume: {snapshot_path} (the run's config snapshot) does not exist")
     snapshot = load_config(snapshot_path, environ={})
+    _refuse_edited_snapshot(snapshot, state, snapshot_path)
     if config.training.seed < 0:
         # "a fresh seed" in the config: the run's own seed is the one in its snapshot
         config = replace_setting(config, "training.seed", snapshot.training.seed)
@@ -334,7 +359,8 @@ def _train(plan: RunPlan, state: Mapping[str, object] | None) -> RunSummary:
             start(run, state, plan)
             skipped = state.get("skipped_updates", 0) if state else 0
             carried = {"skipped_updates": skipped if isinstance(skipped, int) else 0,
-                       "inputs": input_fingerprints(run.config), "redacted": redacted_paths(run.config)}
+                       "inputs": input_fingerprints(run.config), "redacted": redacted_paths(run.config),
+                       "settings": pinned_settings(run.config)}
             last_row = train_loop(run, carried, signals)
             with signals.checkpointing():
                 final = save_final_adapter(run)

@@ -44,27 +44,14 @@ def setting(
     ``aliases`` are older TOML spellings still accepted. ``component_setting`` marks a
     setting only some backends or engines read (they list it in their capabilities'
     ``reads``): setting it when neither the chosen backend nor engine reads it is an error.
-    ``input_path`` marks a file or folder the run reads its examples from: a run records
-    it as an absolute path with a fingerprint of its content, and a resumed run checks that
-    it still reads the same content (retrain/inputs.py).
+    ``input_path`` marks a file or folder the run reads examples from (retrain/inputs.py
+    pins its path and content for a resume).
     ``{choices}`` in ``help`` stands for the valid values (``choices`` or the registry's
     built-ins of ``plugin_kind``), so no help text lists them by hand.
     """
-    metadata = {
-        "help": help,
-        "choices": choices,
-        "plugin_kind": plugin_kind,
-        "ge": ge,
-        "gt": gt,
-        "le": le,
-        "lt": lt,
-        "secret": secret,
-        "flag": flag,
-        "toml_key": toml_key,
-        "aliases": aliases,
-        "component_setting": component_setting,
-        "input_path": input_path,
-    }
+    metadata = {"help": help, "choices": choices, "plugin_kind": plugin_kind, "ge": ge, "gt": gt, "le": le, "lt": lt,
+                "secret": secret, "flag": flag, "toml_key": toml_key, "aliases": aliases,
+                "component_setting": component_setting, "input_path": input_path}
     if isinstance(default, (list, dict)):
         frozen_default = default
         return field(default_factory=lambda: type(frozen_default)(frozen_default), metadata=metadata)
@@ -309,10 +296,8 @@ class RewardConfig:
     judge_model: str = setting("", "Model used by the judge reward, e.g. gpt-4o-mini")
     custom_module: str = setting("", "Module holding the custom reward function (type = \"custom\")")
     custom_function: str = setting("score", "Function name in custom_module")
-    timeout_s: float = setting(
-        120.0, "Seconds one reward call may take in all (a judge request with its retries, one custom "
-        "function call) before the run stops with an error naming it", gt=0, le=86400,
-    )
+    timeout_s: float = setting(120.0, "Seconds one reward call may take in all (a judge request with its retries, "
+                               "one custom function call) before the run stops with an error naming it", gt=0, le=86400)
     max_concurrency: int = setting(16, "Completions scored at once (judge requests in flight, custom "
                                    "function calls in threads)", ge=1, le=1024)
 

@@ -139,3 +139,14 @@ def test_an_import_error_inside_a_plugin_is_told_apart_from_a_missing_package(tm
     result = retrain(tmp_path, "explain", "c.toml")
     refused(result, expected)
     assert not_expected not in result.stderr
+
+
+def test_retrain_variables_set_only_in_dotenv_are_read(tmp_path: Path) -> None:
+    (tmp_path / "retrain.toml").write_text((REPO / "retrain.toml").read_text())
+    (tmp_path / ".env").write_text("RETRAIN_LOG_LEVEL=garbage\n")
+    refused(retrain(tmp_path, "explain"), "RETRAIN_LOG_LEVEL='garbage' is not a log level")
+    (tmp_path / ".env").write_text("RETRAIN_TRAINING_LR=0.1\n")
+    refused(retrain(tmp_path, "explain"), "env RETRAIN_TRAINING_LR", "rename it RETRAIN_TRAINING__LR")
+    (tmp_path / ".env").write_text("RETRAIN_LOG_LEVEL=INFO\nRETRAIN_TRAINING__LR=0.125\n")
+    shown = retrain(tmp_path, "explain")
+    assert shown.returncode == 0 and "lr" in shown.stdout and "0.125" in shown.stdout, shown.stderr

@@ -66,3 +66,21 @@ def test_a_moved_data_file_is_named_on_resume(tmp_path: Path, retrain_cache: Pat
     moved.write_text(moved.read_text().replace('"answer": "1"', '"answer": "2"'))
     changed = run_retrain(workdir, retrain_cache, "--resume", "run", "--max-steps", "4", "--path", str(moved))
     assert changed.returncode == 2 and "is not the content this run trained on" in changed.stderr, describe(changed)
+
+
+def test_a_snapshot_edited_by_hand_is_refused_on_resume(tmp_path: Path, retrain_cache: Path) -> None:
+    workdir, _ = started_run(tmp_path, retrain_cache)
+    snapshot = workdir / "run" / "config.toml"
+    original = snapshot.read_text()
+    assert "batch_size = 8\n" in original
+    snapshot.write_text(original.replace("batch_size = 8\n", "batch_size = 4\n").replace("max_steps = 2\n",
+                                                                                         "max_steps = 3\n"))
+    refused = run_retrain(workdir, retrain_cache, "--resume", "run")
+    assert refused.returncode == 2, describe(refused)
+    assert "was edited since the last checkpoint: training.batch_size = 4 (the checkpoint was taken with 8)" \
+        in refused.stderr, refused.stderr
+    # max_steps is one of the settings a resume may change, by hand too.
+    snapshot.write_text(original.replace("max_steps = 2\n", "max_steps = 3\n"))
+    resumed = run_retrain(workdir, retrain_cache, "--resume", "run")
+    assert resumed.returncode == 0, describe(resumed)
+    assert [row["step"] for row in read_jsonl_strict(workdir / "run" / "metrics.jsonl")] == [1, 2, 3]
