@@ -155,8 +155,12 @@ def test_the_engine_and_backend_are_closed_on_every_way_out(tmp_path, ending):
         else:
             process = subprocess.Popen([sys.executable, "-m", "retrain", "c.toml"], cwd=tmp_path,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            deadline = time.monotonic() + 60
-            while not (tmp_path / "logs" / "metrics.jsonl").exists() and time.monotonic() < deadline:
+            # Wait for a first row: the run is training (the log file alone exists before the
+            # engine has loaded anything).
+            metrics = tmp_path / "logs" / "metrics.jsonl"
+            deadline = time.monotonic() + 120
+            while not (metrics.exists() and b"\n" in metrics.read_bytes()) and time.monotonic() < deadline:
+                assert process.poll() is None, process.communicate()[1][-3000:]
                 time.sleep(0.05)
             process.send_signal(signal.SIGTERM)
             _, stderr = process.communicate(timeout=60)
