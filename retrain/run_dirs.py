@@ -93,7 +93,7 @@ def _claim_adapter_dir(adapters: Path, log_dir: Path, fresh: bool) -> None:
                            "choose a folder this user can create and write to") from exc
 
 
-def refuse_earlier_checkpoints(log_dir: Path, adapters: Path, adapters_mine: bool) -> None:
+def refuse_earlier_checkpoints(log_dir: Path, adapters: Path, adapters_mine: bool, remove: bool = True) -> None:
     """A fresh run (``log_dir`` has no trainer_state.json) must not mix its checkpoints
     with those of an earlier run: ``checkpoints/step_*`` in ``log_dir``, or
     ``checkpoint_step_*`` and ``final`` in the adapter folder, refuse the folder.
@@ -103,7 +103,8 @@ def refuse_earlier_checkpoints(log_dir: Path, adapters: Path, adapters_mine: boo
     replaced by the new run (``truncate_after(0)``), and these pieces are removed here.
     It is recognised by its shape: a single ``checkpoints/step_N``, at most the adapter
     ``checkpoint_step_N`` of the same step (in a folder this run owns), no ``final``, and
-    a metrics log whose last row is step N (the step a checkpoint follows at once)."""
+    a metrics log whose last row is step N (the step a checkpoint follows at once).
+    ``remove = False`` (``retrain explain``) only checks."""
     step_dirs = sorted(path for path in (log_dir / "checkpoints").glob("step_*") if path.is_dir())
     saved = sorted(path for path in adapters.glob("checkpoint_step_*") if path.is_dir())
     if (adapters / "final").exists():
@@ -111,6 +112,8 @@ def refuse_earlier_checkpoints(log_dir: Path, adapters: Path, adapters_mine: boo
     if not step_dirs and not saved:
         return
     if _unfinished_first_checkpoint(log_dir, step_dirs, saved, adapters_mine):
+        if not remove:
+            return
         logger.warning("removing %s: the unfinished first checkpoint of an earlier attempt in %s (it never wrote %s); "
                        "this run starts over", ", ".join(str(path) for path in (*step_dirs, *saved)), log_dir,
                        STATE_FILE)
@@ -155,8 +158,9 @@ def _run_exists(log_dir: Path) -> bool:
 
 def output_dir_issues(config: Config) -> list[ConfigIssue]:
     """Whether ``[logging] log_dir`` and the adapter folder could be created and written,
-    judged from the nearest folder that exists (so ``explain`` can tell, creating nothing)."""
-    issues = []
+    judged from the nearest folder that exists (so ``explain`` can tell, creating nothing),
+    and, for a new run, whether they hold an earlier run it would refuse to mix with."""
+    issues = _earlier_run_issues(config)
     for section, key, folder in (("logging", "log_dir", Path(config.logging.log_dir)),
                                  ("backend", "adapter_path", adapter_dir(config))):
         existing = next((parent for parent in (folder, *folder.absolute().parents) if parent.exists()), None)
@@ -169,6 +173,24 @@ def output_dir_issues(config: Config) -> list[ConfigIssue]:
             issues.append(ConfigIssue("", section, key, f"{folder} cannot be written: {existing} is not writable by "
                                       "this user", "choose a folder this user can create and write to"))
     return issues
+
+
+def _earlier_run_issues(config: Config) -> list[ConfigIssue]:
+    """What ``claim_output_dirs`` would refuse for a new run, found without changing anything."""
+    log_dir, adapters = Path(config.logging.log_dir), adapter_dir(config)
+    if config.resume.from_ or not log_dir.is_dir():
+        return []
+    if (log_dir / STATE_FILE).exists():
+        return [ConfigIssue("", "logging", "log_dir", f"{log_dir} already holds a run (it has {STATE_FILE})",
+                            f"continue it with `--resume {log_dir}`, or choose another --log-dir")]
+    owner_file = adapters / OWNER_FILE
+    owner = owner_file.read_text().strip() if owner_file.is_file() else ""
+    mine = adapters.absolute().is_relative_to(log_dir.absolute()) or (bool(owner) and Path(owner) == log_dir.resolve())
+    try:
+        refuse_earlier_checkpoints(log_dir, adapters, adapters_mine=mine, remove=False)
+    except RetrainError as error:
+        return [ConfigIssue("", "logging", "log_dir", str(error))]
+    return []
 
 
 def adapter_dir(config: Config) -> Path:

@@ -109,7 +109,7 @@ def config_to_toml(config: Config, redact: bool = True, header: str = "") -> str
     lines = [
         f"# Resolved retrain {__version__} configuration, written {stamp}.",
         "# Every setting is spelled out; secrets are blanked (they are read from the environment).",
-        "# Reproduce with: retrain <this file>",
+        "# Reproduce in a new folder: retrain <this file> --log-dir NEW_DIR; continue: retrain --resume <its folder>",
     ]
     if header:
         lines.extend(f"# {line}" for line in header.splitlines())

@@ -30,9 +30,6 @@ from retrain.atomic import (
 from retrain.checkpoint import save_checkpoint, save_final_adapter
 from retrain.sinks import GenerationsLog, MetricsLog
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "run"))
-
 from cli_runs import (
     cli_environment,
     describe,
@@ -41,15 +38,8 @@ from cli_runs import (
     workdir_with_default_config,
 )
 
+HERE = Path(__file__).resolve().parent
 
-@pytest.fixture(scope="module")
-def retrain_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache folder with the tiny model built (once per module)."""
-    cache = tmp_path_factory.mktemp("retrain-cache")
-    build = subprocess.run([sys.executable, "-c", "from retrain.models.tiny import ensure_tiny_model as e; e()"],
-                           env=cli_environment(cache), capture_output=True, text=True, timeout=600, check=False)
-    assert build.returncode == 0, describe(build)
-    return cache
 
 
 def refused(result: subprocess.CompletedProcess[str], *phrases: str) -> None:

@@ -14,7 +14,6 @@ import json
 import logging
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,25 +21,12 @@ import pytest
 from retrain.checkpoint import check_logs
 from retrain.errors import RetrainError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "run"))
-
 from cli_runs import (
-    cli_environment,
     describe,
     read_jsonl_strict,
     run_retrain,
     workdir_with_default_config,
 )
-
-
-@pytest.fixture(scope="module")
-def retrain_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache folder with the tiny model built (once per module)."""
-    cache = tmp_path_factory.mktemp("retrain-cache")
-    build = subprocess.run([sys.executable, "-c", "from retrain.models.tiny import ensure_tiny_model as e; e()"],
-                           env=cli_environment(cache), capture_output=True, text=True, timeout=600, check=False)
-    assert build.returncode == 0, describe(build)
-    return cache
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +201,16 @@ def test_the_unfinished_first_checkpoint_of_an_earlier_attempt_is_replaced(finis
     assert [row["step"] for row in read_jsonl_strict(run / "metrics.jsonl")] == [1, 2]
     assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["step_2"]
     assert sorted(path.name for path in (run / "adapter").iterdir()) == [".retrain-run", "checkpoint_step_2", "final"]
+
+
+def test_explain_reports_what_a_fresh_run_would_refuse(finished: Path, retrain_cache: Path) -> None:
+    held = run_retrain(finished, retrain_cache, "explain", "--log-dir", "base")
+    refused(held, "base already holds a run (it has trainer_state.json)", "continue it with `--resume base`")
+    run = copy_of(finished, "stateless_explained")
+    (run / "trainer_state.json").unlink()
+    before = fingerprint(run)
+    refused(run_retrain(finished, retrain_cache, "explain", "--log-dir", "stateless_explained"),
+            "holds the checkpoints of an earlier run")
+    assert fingerprint(run) == before
+    resumable = run_retrain(finished, retrain_cache, "explain", "--resume", "base")
+    assert resumable.returncode == 0, describe(resumable)

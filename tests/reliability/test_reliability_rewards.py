@@ -54,7 +54,9 @@ def test_a_run_prints_the_warning_before_it_trains(tmp_path: Path):
     result = retrain(workdir(tmp_path, ["1", "", "3", "4"]), "--max-steps", "1", "--batch-size", "2",
                      "--group-size", "2")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "retrain: warning: data.jsonl [data].path: 1 of 4 examples has an empty reference" in result.stderr
+    # The path is the absolute one the run records (retrain/inputs.py).
+    assert "data.jsonl [data].path: 1 of 4 examples has an empty reference" in result.stderr
+    assert "retrain: warning: /" in result.stderr
 
 
 def test_explain_warns_of_references_math_verify_cannot_parse(tmp_path: Path):

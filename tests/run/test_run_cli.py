@@ -158,8 +158,12 @@ def test_the_config_snapshot_loads_back_and_explain_accepts_it(full_run: Finishe
     assert config.training.max_steps == STEPS
     assert config.training.seed == original.training.seed == 0
     assert config.model == original.model and config.data == original.data and config.algorithm == original.algorithm
-    explained = run_retrain(full_run.workdir, retrain_cache, "explain", str(snapshot.relative_to(full_run.workdir)))
+    explained = run_retrain(full_run.workdir, retrain_cache, "explain", str(snapshot.relative_to(full_run.workdir)),
+                            "--log-dir", "logs/reproduced")
     assert explained.returncode == 0, describe(explained)
+    # As is, the snapshot names the run's own folder, which a new run would refuse.
+    same_folder = run_retrain(full_run.workdir, retrain_cache, "explain", str(snapshot.relative_to(full_run.workdir)))
+    assert same_folder.returncode == 2 and "already holds a run" in same_folder.stderr, describe(same_folder)
 
 
 def test_trainer_state_points_at_the_last_checkpoint(full_run: FinishedRun) -> None:
