@@ -144,7 +144,12 @@ class JsonlLog(Sink):
         if not data:
             return
         fd = self._descriptor()
-        size = os.fstat(fd).st_size
+        status = os.fstat(fd)
+        if status.st_nlink == 0:
+            # Deleted (with its folder, say) while the run writes: rows would vanish unseen.
+            raise LogFileError(f"{self.path} was deleted while the run was writing it — the run stops: its logs "
+                               f"(and any checkpoint in {self.path.parent}) are gone; start it again")
+        size = status.st_size
         try:
             # A short write (a signal between pages) is finished rather than left torn.
             write_all(fd, data)

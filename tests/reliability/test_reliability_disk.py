@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -322,3 +323,20 @@ def test_a_run_on_a_really_full_disk_stops_cleanly_and_resumes(small_disk: Calla
     resumed = run_retrain(workdir, retrain_cache, "--resume", str(log_dir), "--max-steps", "4")
     assert resumed.returncode == 0, describe(resumed)
     assert [row["step"] for row in read_jsonl_strict(log_dir / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_a_log_folder_deleted_while_the_run_writes_stops_it(tmp_path: Path, retrain_cache: Path) -> None:
+    workdir = workdir_with_default_config(tmp_path)
+    process = subprocess.Popen([sys.executable, "-m", "retrain", "--max-steps", "100000", "--save-every", "0",
+                                "--log-dir", "doomed"], cwd=workdir, env=cli_environment(retrain_cache),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "doomed" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_bytes().count(b"\n") >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+    shutil.rmtree(workdir / "doomed")
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr[-3000:]
+    assert "metrics.jsonl was deleted while the run was writing it" in stderr and "Traceback" not in stderr
+    assert "finished" not in stdout and "metrics:" not in stdout
