@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 # wandb's own default (90 s, plus a grace period) kept a run without network waiting for
 # almost two minutes before it failed; a minute is plenty for a reachable server.
 INIT_TIMEOUT_S = 60.0
+# The most the end of a run waits for wandb to upload (WANDB_FINISH_TIMEOUT changes it).
+FINISH_TIMEOUT_S = 300.0
 # A refused rewind is retried as a plain continuation only with this much of the start's
 # time left: a retry with less would only fail again, later and less clearly.
 MIN_RETRY_S = 5.0
@@ -286,4 +288,10 @@ class _Start:
         return self.deadline - self.clock()
 
     def __call__(self, **extra: object) -> WandbRunHandle:
-        return self.init(**self.arguments, **extra, settings={"init_timeout": max(self.seconds_left(), 1.0)})
+        settings: dict[str, object] = {"init_timeout": max(self.seconds_left(), 1.0)}
+        if not os.environ.get("WANDB_FINISH_TIMEOUT"):
+            # wandb's own default waits for the upload without end: a network that dropped
+            # mid-run would hold the run's end forever. What is not uploaded by then stays
+            # in the run's wandb folder for `wandb sync`.
+            settings["finish_timeout"] = FINISH_TIMEOUT_S
+        return self.init(**self.arguments, **extra, settings=settings)

@@ -205,9 +205,10 @@ def test_the_start_has_a_finite_timeout_and_keeps_wandb_files_in_the_log_dir(hom
     _wandb_errors()
     init = _Init()
     WandbSink(_wandb_config(tmp_path / "logs"), init=init, clock=_Clock())
-    assert init.calls[0]["settings"] == {"init_timeout": INIT_TIMEOUT_S} and INIT_TIMEOUT_S == 60
-    assert init.calls[0]["dir"] == str(tmp_path / "logs")
+    assert init.calls[0]["settings"] == {"init_timeout": INIT_TIMEOUT_S, "finish_timeout": 300.0}
+    assert INIT_TIMEOUT_S == 60 and init.calls[0]["dir"] == str(tmp_path / "logs")
     monkeypatch.setenv("WANDB_INIT_TIMEOUT", "7.5")
+    monkeypatch.setenv("WANDB_FINISH_TIMEOUT", "30")  # wandb reads it itself
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "mine"))  # the user's choice stands
     init = _Init()
     WandbSink(_wandb_config(tmp_path / "logs"), init=init, clock=_Clock())
@@ -280,7 +281,7 @@ def test_a_refused_rewind_is_retried_within_the_same_deadline(home: Path) -> Non
     sink = WandbSink(_wandb_config(), run_id="abc", resume_step=7, init=init, clock=clock)
     assert sink.run_id == "abc"
     # 60 s in all: the rewind took 20 of them, the continuation gets the 40 left.
-    assert [call["settings"] for call in init.calls] == [{"init_timeout": 60.0}, {"init_timeout": 40.0}]
+    assert [call["settings"]["init_timeout"] for call in init.calls] == [60.0, 40.0]
 
 
 def test_a_rewind_that_used_up_the_deadline_is_not_retried(home: Path) -> None:
