@@ -18,6 +18,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from retrain.atomic import raise_if_disk_full
 from retrain.errors import EngineError
 from retrain.types import Backend, Engine, PolicyKind, PolicyRef
 
@@ -47,7 +48,14 @@ class Publisher:
     def publish_now(self) -> PolicyRef:
         """Publish the backend's current policy and have the engine load it (at start, and
         after a resume restored the backend)."""
-        ref = self.backend.publish(self.kind, self.directory)
+        try:
+            ref = self.backend.publish(self.kind, self.directory)
+        except (OSError, RuntimeError) as exc:  # torch reports a failed write as a RuntimeError
+            raise_if_disk_full(exc, self.directory, what=f"cannot publish policy version {self.backend.policy_version}",
+                               needed="it needs room for one copy of the weights (the older copy is removed once "
+                               "the engine loads the new one)",
+                               then="continue from the last checkpoint with `retrain --resume <log_dir>`")
+            raise
         if ref.kind != self.kind or ref.version != self.backend.policy_version:
             raise EngineError(f"the backend published a {ref.kind} reference for version {ref.version}; the run asked "
                               f"for {self.kind} at version {self.backend.policy_version} — the backend breaks "

@@ -340,3 +340,20 @@ def test_a_log_folder_deleted_while_the_run_writes_stops_it(tmp_path: Path, retr
     assert process.returncode == 2, stderr[-3000:]
     assert "metrics.jsonl was deleted while the run was writing it" in stderr and "Traceback" not in stderr
     assert "finished" not in stdout and "metrics:" not in stdout
+
+
+def test_a_full_disk_while_publishing_weights_is_named(tmp_path: Path) -> None:
+    import errno
+
+    from retrain.publication import Publisher
+
+    class FullDiskBackend:
+        policy_version = 3
+
+        def publish(self, kind: str, directory: Path) -> object:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / "policy_v3"))
+
+    publisher = Publisher(FullDiskBackend(), object(), "lora_adapter", tmp_path / "engine_weights")  # type: ignore[arg-type]
+    with pytest.raises(DiskFullError, match="cannot publish policy version 3: the disk is full") as raised:
+        publisher.publish_now()
+    assert "free on that filesystem" in str(raised.value) and "retrain --resume" in str(raised.value)
