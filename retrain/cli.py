@@ -8,6 +8,7 @@ config commands never import torch, transformers or peft.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -152,7 +153,8 @@ def run_command(argv: list[str] | None = None) -> int:
         print(f"retrain: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        print("retrain: interrupted", file=sys.stderr)
+        with contextlib.suppress(OSError):  # a terminal closed by SIGHUP cannot be written to
+            print("retrain: interrupted", file=sys.stderr)
         return int(getattr(exc, "exit_code", 130))
 
 
@@ -165,8 +167,9 @@ def entry() -> None:
     being stopped by its scheduler may not have."""
     code = main()
     if code >= 128:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
 

@@ -32,8 +32,10 @@ import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from retrain.config.snapshot import redact_text
 from retrain.errors import RetrainError
@@ -90,31 +92,40 @@ class Endpoint:
 
 def parse_endpoint(url: str, where: str) -> Endpoint:
     """``url`` (an http or https base URL, ``where`` names its source for errors) as an
-    ``Endpoint``; credentials in it become a basic-auth header and are never shown."""
-    parts = urllib.parse.urlsplit(url.strip())
+    ``Endpoint``; credentials in it become a basic-auth header and are never shown (an
+    error about the URL never repeats it: what looks like a host may be a password)."""
+    fix = "write it like https://host:port/v1 (a password with / ? # @ percent-encoded)"
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise HttpError(f"{where} is not a valid URL (its port, or a password with an unencoded character) — "
+                        f"{fix}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        shown = redact_text(url)
-        raise HttpError(f"{where} = {shown!r} is not an http:// or https:// URL with a host — "
-                        "write it like https://host:port/v1")
+        raise HttpError(f"{where} is not an http:// or https:// URL with a host — {fix}")
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    netloc = f"{host}:{port}" if port else host
     clean = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
     authorization = ""
     if parts.username is not None or parts.password is not None:
-        user = urllib.parse.unquote(parts.username or "")
-        password = urllib.parse.unquote(parts.password or "")
-        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        authorization = f"Basic {token}"
+        authorization = basic_auth(parts.username, parts.password)
     shown = urllib.parse.urlunsplit((parts.scheme, f"***@{netloc}" if authorization else netloc,
                                      parts.path.rstrip("/"), "", ""))
     return Endpoint(clean, authorization, shown)
+
+
+def basic_auth(user: str | None, password: str | None) -> str:
+    """The ``Authorization`` value of HTTP basic auth (RFC 7617) for URL-encoded parts."""
+    pair = f"{urllib.parse.unquote(user or '')}:{urllib.parse.unquote(password or '')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
 
 
 class InFlight:
     """The open connections of this process, so that a stopping run can cut them."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a second signal may arrive while the first one's handler holds it.
+        self._lock = threading.RLock()
         self._sockets: set[socket.socket] = set()
         self._cancelled = threading.Event()
         self._timer: threading.Timer | None = None
@@ -140,10 +151,11 @@ class InFlight:
     def cancel_after(self, grace_s: float) -> None:
         """Cancel every call still running in ``grace_s`` seconds (the first signal)."""
         with self._lock:
-            if self._timer is None and not self._cancelled.is_set():
-                self._timer = threading.Timer(grace_s, self.cancel_now)
-                self._timer.daemon = True
-                self._timer.start()
+            if self._timer is not None or self._cancelled.is_set():
+                return
+            timer = self._timer = threading.Timer(grace_s, self.cancel_now)
+        timer.daemon = True
+        timer.start()
 
     def cancel_now(self) -> None:
         """Cut every call now, and refuse new ones until ``reset`` (the second signal)."""
@@ -204,6 +216,7 @@ class HttpClient:
     clock: Callable[[], float] = time.monotonic
     # The backoff wait: returns True when the run is stopping (default: ``in_flight.wait``).
     wait: Callable[[float], bool] | None = None
+    resolve: Callable[..., list[tuple[Any, ...]]] = socket.getaddrinfo
 
     def post_json(self, path: str, payload: object, what: str, deadline: float | None = None) -> Response:
         """POST ``payload`` as JSON to ``<endpoint>/<path>`` and return a 2xx response,
@@ -221,8 +234,7 @@ class HttpClient:
     def request(self, method: str, path: str, body: bytes | None, what: str,
                 headers: Mapping[str, str], deadline: float | None = None) -> Response:
         deadline = self.new_deadline() if deadline is None else deadline
-        url = f"{self.endpoint.url}/{path.lstrip('/')}" if path else self.endpoint.url
-        shown = f"{self.endpoint.shown}/{path.lstrip('/')}" if path else self.endpoint.shown
+        url, shown = self._url(path)
         last = ""
         for attempt in range(self.max_attempts):
             try:
@@ -249,6 +261,14 @@ class HttpClient:
                 raise HttpError(f"{what} ({shown}): {error}") from error
         raise HttpError(f"{what} ({shown}) failed {self.max_attempts} times; last error: {last}")
 
+    def _url(self, path: str) -> tuple[str, str]:
+        """The URL of ``path`` under the endpoint (its query kept last), and how it is shown."""
+        base = urllib.parse.urlsplit(self.endpoint.url)
+        shown_base = urllib.parse.urlsplit(self.endpoint.shown)
+        tail = f"/{path.lstrip('/')}" if path else ""
+        url = urllib.parse.urlunsplit((base.scheme, base.netloc, base.path + tail, base.query, ""))
+        return url, urllib.parse.urlunsplit((shown_base.scheme, shown_base.netloc, shown_base.path + tail, "", ""))
+
     def _backoff(self, attempt: int, server_wait_s: float | None) -> float:
         wait_s = self.backoff_s * 2**attempt
         if server_wait_s is not None:
@@ -257,86 +277,153 @@ class HttpClient:
 
     def _once(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str],
               deadline: float) -> Response:
+        """One attempt. Whatever fails is judged in one place: a cancellation or the
+        deadline first (a socket they shut down looks like any other failure), then a
+        certificate that does not verify (retrying cannot help), then the rest (retried)."""
         if self.in_flight.cancelled:
             raise RequestCancelled("cancelled")
         parts = urllib.parse.urlsplit(url)
-        target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
-        sock = self._connect(parts, deadline)
-        watchdog = threading.Timer(max(0.0, deadline - self.clock()), _shut, (sock,))
-        watchdog.daemon = True
-        watchdog.start()
+        route = Route.to(parts)
+        sock: socket.socket | None = None
+        watchdog: threading.Timer | None = None
         try:
-            response = self._exchange(sock, parts.hostname or "", method, target, body, headers)
-            # A socket the watchdog or a cancellation shut can look like a reply that ended early.
+            sock = self._connect(route, deadline)
+            watchdog = threading.Timer(max(0.0, deadline - self.clock()), _shut, (sock,))
+            watchdog.daemon = True
+            watchdog.start()
+            sock = self._secure(sock, route)
+            response = self._exchange(sock, route, method, parts, body, headers)
             if self.in_flight.cancelled:
                 raise RequestCancelled("cancelled")
             if self.clock() >= deadline:
                 raise DeadlineExceeded("deadline")
             return response
-        except (OSError, http.client.HTTPException) as error:
+        except (OSError, http.client.HTTPException, _Transient) as error:
             if self.in_flight.cancelled:
                 raise RequestCancelled("cancelled") from error
             if self.clock() >= deadline:
                 raise DeadlineExceeded("deadline") from error
+            if isinstance(error, ssl.SSLCertVerificationError):
+                raise HttpError(f"the server's TLS certificate does not verify ({error.verify_message}) — "
+                                "check the URL, or the certificate the server presents") from error
+            if isinstance(error, _Transient):
+                raise
             raise _Transient(f"{type(error).__name__}: {error}") from error
         finally:
-            watchdog.cancel()
-            self.in_flight.discard(sock)
-            sock.close()
+            if watchdog is not None:
+                watchdog.cancel()
+            if sock is not None:
+                self.in_flight.discard(sock)
+                sock.close()
 
-    def _connect(self, parts: urllib.parse.SplitResult, deadline: float) -> socket.socket:
-        """A connected socket (TLS for https), registered in ``in_flight``; connecting
-        polls so that a cancellation or the deadline ends it."""
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+    def _connect(self, route: Route, deadline: float) -> socket.socket:
+        """A connected TCP socket to the server (or its proxy), registered in
+        ``in_flight``: each address of the host is tried in turn, and connecting polls so
+        that a cancellation or the deadline ends it."""
         give_up = min(deadline, self.clock() + self.connect_timeout_s)
         try:
-            family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+            addresses = self.resolve(route.connect_host, route.connect_port, type=socket.SOCK_STREAM)
         except OSError as error:
-            raise _Transient(f"cannot resolve {host}: {error}") from error
-        sock = socket.socket(family, kind, proto)
-        self.in_flight.add(sock)
-        try:
-            sock.setblocking(False)
-            code = sock.connect_ex(address)
-            while code in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
-                if self.in_flight.cancelled:
-                    raise RequestCancelled("cancelled")
-                if self.clock() >= give_up:
-                    raise _Transient(f"connecting to {host}:{port} timed out") if give_up < deadline \
-                        else DeadlineExceeded("deadline")
-                _, writable, _ = select.select([], [sock], [], _CONNECT_POLL_S)
-                if writable:
-                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if code:
-                raise _Transient(f"cannot connect to {host}:{port}: {errno.errorcode.get(code, code)}")
-            sock.settimeout(max(0.001, min(self.read_timeout_s, deadline - self.clock())))
-            if parts.scheme == "https":
+            raise _Transient(f"cannot resolve {route.connect_host}: {error}") from error
+        failures = []
+        for family, kind, proto, _, address in addresses:
+            sock = socket.socket(family, kind, proto)
+            self.in_flight.add(sock)
+            try:
+                code = self._connect_one(sock, address, give_up, deadline)
+            except BaseException:
                 self.in_flight.discard(sock)
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-                self.in_flight.add(sock)
-            return sock
-        except BaseException:
+                sock.close()
+                raise
+            if code == 0:
+                sock.settimeout(max(0.001, min(self.read_timeout_s, deadline - self.clock())))
+                if route.tunnel:
+                    self._open_tunnel(sock, route)
+                return sock
             self.in_flight.discard(sock)
             sock.close()
-            raise
+            failures.append(f"{address[0]}: {errno.errorcode.get(code, code)}")
+        raise _Transient(f"cannot connect to {route.connect_host}:{route.connect_port} ({'; '.join(failures)})")
 
-    def _exchange(self, sock: socket.socket, host: str, method: str, target: str, body: bytes | None,
-                  headers: Mapping[str, str]) -> Response:
-        connection = http.client.HTTPConnection(host)
+    def _connect_one(self, sock: socket.socket, address: tuple[object, ...], give_up: float, deadline: float) -> int:
+        """Connect ``sock`` without blocking past ``give_up``; 0 or the connect error."""
+        sock.setblocking(False)
+        code = sock.connect_ex(address)
+        poller = select.poll()  # unlike select(), any descriptor number
+        poller.register(sock, select.POLLOUT)
+        while code in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+            if self.in_flight.cancelled:
+                raise RequestCancelled("cancelled")
+            if self.clock() >= give_up:
+                if give_up >= deadline:
+                    raise DeadlineExceeded("deadline")
+                return errno.ETIMEDOUT
+            if poller.poll(_CONNECT_POLL_S * 1000):
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return code
+
+    def _open_tunnel(self, sock: socket.socket, route: Route) -> None:
+        """Ask an HTTP proxy for a tunnel to an https server (``CONNECT``)."""
+        target = route.host_port  # a tunnel always names the port
+        request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+        if route.proxy_authorization:
+            request += f"Proxy-Authorization: {route.proxy_authorization}\r\n"
+        sock.sendall((request + "\r\n").encode("latin-1"))
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = sock.recv(4096)
+            if not chunk or len(reply) > 65536:
+                raise _Transient(f"the proxy {route.connect_host} closed the tunnel request")
+            reply += chunk
+        status = reply.split(b"\r\n", 1)[0].decode("latin-1", "replace")
+        if status.split(" ")[1:2] != ["200"]:
+            raise HttpError(f"the proxy {route.connect_host}:{route.connect_port} refused a tunnel to {target} "
+                            f"({status}) — check HTTPS_PROXY / NO_PROXY")
+
+    def _secure(self, sock: socket.socket, route: Route) -> socket.socket:
+        """TLS for an https server; the raw socket stays registered (a cancellation can
+        cut the handshake) until the wrapped one replaces it."""
+        if not route.https:
+            return sock
+        secured = ssl.create_default_context().wrap_socket(sock, server_hostname=route.host,
+                                                           do_handshake_on_connect=False)
+        self.in_flight.add(secured)
+        self.in_flight.discard(sock)
+        secured.do_handshake()
+        return secured
+
+    def _exchange(self, sock: socket.socket, route: Route, method: str, parts: urllib.parse.SplitResult,
+                  body: bytes | None, headers: Mapping[str, str]) -> Response:
+        connection = http.client.HTTPConnection(route.host, route.port)
         connection.sock = sock  # already connected, with our timeouts and our watchdog
-        sent = dict(headers)
+        sent = {"Host": route.authority, **headers}
         if self.endpoint.authorization:
             sent["Authorization"] = self.endpoint.authorization
+        if route.proxy_authorization and not route.tunnel:
+            sent["Proxy-Authorization"] = route.proxy_authorization
+        path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        # Through a plain-http proxy the request names the whole URL (absolute form).
+        target = f"http://{route.authority}{path}" if route.via_proxy and not route.tunnel else path
         connection.request(method, target, body=body, headers=sent)
         response = connection.getresponse()
         payload = self._read_body(response)
         headers_in = {key.lower(): value for key, value in response.getheaders()}
         if response.status in TRANSIENT_STATUS:
-            raise _Transient(f"HTTP {response.status}: {_detail(payload)}", _retry_after(headers_in.get("retry-after")))
+            raise _Transient(f"HTTP {response.status}: {self._detail(payload)}",
+                             _retry_after(headers_in.get("retry-after")))
         if not 200 <= response.status < 300:
-            raise HttpStatusError(f"HTTP {response.status}", response.status, _detail(payload))
+            raise HttpStatusError(f"HTTP {response.status}", response.status, self._detail(payload))
         return Response(response.status, headers_in, payload)
+
+    def _detail(self, payload: bytes) -> str:
+        """The start of an error reply, as it may be printed: a server that echoes the
+        request's credentials (some do, in a 401) does not get them printed."""
+        text = redact_text(payload[:300].decode("utf-8", "replace"))
+        for value in (*self.headers.values(), self.endpoint.authorization):
+            for secret in {value, value.partition(" ")[2]}:
+                if len(secret) >= 8:
+                    text = text.replace(secret, "***")
+        return text
 
     def _read_body(self, response: http.client.HTTPResponse) -> bytes:
         declared = response.getheader("Content-Length")
@@ -356,8 +443,45 @@ class HttpClient:
         return b"".join(chunks)
 
 
-def _detail(payload: bytes) -> str:
-    return redact_text(payload[:300].decode("utf-8", "replace"))
+@dataclass(frozen=True)
+class Route:
+    """How to reach a server: directly, or through the HTTP proxy the environment names
+    (``HTTPS_PROXY``/``HTTP_PROXY``, unless ``NO_PROXY`` covers the host), tunnelled
+    (``CONNECT``) for https."""
+
+    host: str
+    port: int
+    https: bool
+    connect_host: str
+    connect_port: int
+    via_proxy: bool = False
+    proxy_authorization: str = ""
+
+    @property
+    def tunnel(self) -> bool:
+        return self.via_proxy and self.https
+
+    @property
+    def host_port(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def authority(self) -> str:
+        """The Host header: the port only when it is not the scheme's default."""
+        return self.host_port if self.port != (443 if self.https else 80) else self.host_port.rpartition(":")[0]
+
+    @classmethod
+    def to(cls, parts: urllib.parse.SplitResult) -> Route:
+        https = parts.scheme == "https"
+        host, port = parts.hostname or "", parts.port or (443 if https else 80)
+        proxy = urllib.request.getproxies().get(parts.scheme, "")
+        if not proxy or urllib.request.proxy_bypass(host):
+            return cls(host, port, https, host, port)
+        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        authorization = ""
+        if proxy_parts.username is not None:
+            authorization = basic_auth(proxy_parts.username, proxy_parts.password)
+        return cls(host, port, https, proxy_parts.hostname or "", proxy_parts.port or 80, True, authorization)
 
 
 def _retry_after(value: str | None) -> float | None:

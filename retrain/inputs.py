@@ -33,10 +33,11 @@ def _value(config: Config, spec: FieldSpec) -> str:
 
 
 def absolute_input_paths(config: Config) -> Config:
-    """``config`` with every relative input path made absolute from the working directory."""
+    """``config`` with every relative input path that exists made absolute from the working
+    directory (a value that is no local path — a hub id, a URI for a plugin source — stays)."""
     for spec in input_settings():
         value = _value(config, spec)
-        if value and not Path(value).is_absolute():
+        if value and not Path(value).is_absolute() and Path(value).exists():
             config = replace_setting(config, spec.dotted, os.path.abspath(value))
     return config
 

@@ -161,9 +161,9 @@ def pinned_settings(config: Config) -> dict[str, object]:
     """The settings a checkpoint was taken with that a resume may not change (as JSON
     data): a snapshot edited by hand since is told apart from the run's own."""
     fixed = RESUMABLE_CHANGES | {spec.dotted for spec in input_settings()}
-    pinned = {key: value for key, value in _flat_settings(config).items() if key not in fixed}
-    loaded: dict[str, object] = json.loads(json.dumps(pinned))
-    return loaded
+    # As JSON text: a TOML date has no JSON form, and a NaN would differ from itself.
+    return {key: json.dumps(value, default=str, sort_keys=True) for key, value in _flat_settings(config).items()
+            if key not in fixed}
 
 
 def _refuse_edited_snapshot(snapshot: Config, state: Mapping[str, object], snapshot_path: Path) -> None:
@@ -173,7 +173,7 @@ def _refuse_edited_snapshot(snapshot: Config, state: Mapping[str, object], snaps
     now = pinned_settings(snapshot)
     edited = sorted(key for key in recorded.keys() | now.keys() if recorded.get(key) != now.get(key))
     if edited:
-        shown = ", ".join(f"{key} = {now.get(key)!r} (the checkpoint was taken with {recorded.get(key)!r})"
+        shown = ", ".join(f"{key} = {now.get(key)} (the checkpoint was taken with {recorded.get(key)})"
                           for key in edited[:6])
         raise RetrainError(f"cannot resume: {snapshot_path} was edited since the last checkpoint: {shown}"
                            f"{' ...' if len(edited) > 6 else ''} — a resumed run continues with the run's own "
@@ -199,7 +199,8 @@ def check_resume_settings(config: Config, log_dir: Path, state: dict[str, object
     before, now = _flat_settings(absolute_input_paths(snapshot)), _flat_settings(config)
     recorded = state.get("inputs")
     # An input file may be named anew (it moved): what counts is its content, checked below.
-    moved = {spec.dotted for spec in input_settings()} if isinstance(recorded, dict) else set()
+    moved = {spec.dotted for spec in input_settings()
+             if isinstance(recorded, dict) and isinstance(recorded.get(spec.dotted), str)}
     changed = sorted(key for key in before if key not in RESUMABLE_CHANGES | moved and before[key] != now.get(key))
     if changed:
         shown = ", ".join(f"{key} = {now.get(key)!r} (the run has {before[key]!r})" for key in changed[:6])

@@ -103,6 +103,7 @@ class StopSignals:
         finally:
             self._checkpointing = False
         if self._deferred is not None:
+            self._arm_watchdog(self._deferred)
             raise RunInterrupted(self._deferred)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -117,15 +118,21 @@ class StopSignals:
         self.signum = self.signum or signum
         self._stopping_now = True
         IN_FLIGHT.cancel_now()
+        if self._checkpointing:
+            # The checkpoint saves the steps since the last one: it is not cut short (the
+            # exit deadline starts when it is written; a third signal still exits).
+            self._deferred = signum
+            logger.warning("%s: stopping once the checkpoint being written is complete", name)
+            return
+        self._arm_watchdog(signum)
+        raise RunInterrupted(signum)
+
+    def _arm_watchdog(self, signum: int) -> None:
+        name = signal.Signals(signum).name
         self._watchdog = threading.Timer(self.exit_deadline_s, _hard_exit, (
             128 + signum, f"still stopping {self.exit_deadline_s:g} s after {name}; exiting now"))
         self._watchdog.daemon = True
         self._watchdog.start()
-        if self._checkpointing:
-            self._deferred = signum
-            logger.warning("%s: stopping once the checkpoint being written is complete", name)
-            return
-        raise RunInterrupted(signum)
 
 
 def _hard_exit(code: int, why: str) -> None:

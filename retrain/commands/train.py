@@ -77,11 +77,10 @@ def main(argv: list[str]) -> int:
     # before any model loads.
     summary = run_training(resolved, warn=lambda warning: print(f"retrain: warning: {warning}", file=sys.stderr))
     row = summary.last_row
-    missing = [path for path in (summary.log_dir / "metrics.jsonl", summary.final_adapter) if not path.exists()]
-    if missing:
-        # Deleted while the run ran: saying where to find them would be a lie.
-        raise RetrainError(f"the run ended, but {' and '.join(map(str, missing))} no longer "
-                           f"{'exists' if len(missing) == 1 else 'exist'} (deleted while it ran) — run it again")
+    metrics = summary.log_dir / "metrics.jsonl"
+    if not metrics.exists():
+        # Deleted while the run ran: saying where to find it would be a lie.
+        raise RetrainError(f"the run ended, but {metrics} no longer exists (deleted while it ran) — run it again")
     if not row:
         # A resumed run whose max_steps it had already reached: nothing was trained.
         print(f"nothing to train: {summary.log_dir} already has {summary.steps} steps — give --max-steps larger "
@@ -91,5 +90,5 @@ def main(argv: list[str]) -> int:
               f"correct_rate {_number(row.get('correct_rate'))}")
     print(f"  adapter:  {summary.final_adapter}")
     print(f"  logs:     {summary.log_dir}")
-    print(f"  metrics:  {summary.log_dir / 'metrics.jsonl'}")
+    print(f"  metrics:  {metrics}")
     return 0

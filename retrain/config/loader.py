@@ -9,6 +9,7 @@ CLI overrides. Every problem in every layer is collected and raised together as 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -177,6 +178,21 @@ def read_toml(path: Path) -> tuple[dict[str, object], dict[tuple[object, ...], i
 # Building a Config from layered raw values
 
 
+def _set_entry(table: dict[str, object], names: tuple[str, ...], value: object) -> None:
+    """Set ``names`` (``("auth", "password")``) inside a free-form table, nested as TOML
+    dotted keys are. Environment names are upper case, so a name that differs only in case
+    from a key the table has (``OPENAI_API_KEY`` from the snapshot) sets that key."""
+    for depth, name in enumerate(names):
+        key = name if name in table else next((k for k in table if k.lower() == name.lower()), name)
+        if depth == len(names) - 1:
+            table[key] = value
+            return
+        inner = table.get(key)
+        if not isinstance(inner, dict):
+            inner = table[key] = {}
+        table = inner
+
+
 class _Builder(Checker):
     """Collects raw values per setting with their origin, then validates them all."""
 
@@ -309,9 +325,9 @@ class _Builder(Checker):
                          f"set {section}.{key} itself")
             return
         current, current_where = self.values[section].get(key, (None, ""))
-        table = dict(current) if isinstance(current, dict) else {}
+        table = copy.deepcopy(current) if isinstance(current, dict) else {}
         entry = ".".join(path[2:])
-        table[entry] = parse_text_value(raw, None)
+        _set_entry(table, path[2:], parse_text_value(raw, None))
         self.entry_where[(section, key, entry)] = where
         self._set(section, key, table, current_where or where)
 

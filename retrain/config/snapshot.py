@@ -32,7 +32,8 @@ SECRET_NAME = re.compile(
     re.IGNORECASE,
 )
 # user:password@ in a URL (https://alice:PW@host/v1), wherever a string holds one.
-URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+# Up to the last @ before the path, query or fragment: a password may hold an @ itself.
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/?#\s]*@", re.IGNORECASE)
 
 
 def redact_text(text: str) -> str:

@@ -138,7 +138,11 @@ class CustomReward:
         if not isinstance(value, (numbers.Real, np.bool_)):
             raise PluginOutputError(f"custom reward {self.label} returned {type(value).__name__} {value!r:.80} for "
                               f"completion {index}; it must return a float")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise PluginOutputError(f"custom reward {self.label} returned an integer of {len(str(value))} digits for "
+                                    f"completion {index}, too large for a float; return a float") from None
         if not math.isfinite(number) and self.strict:
             raise PluginOutputError(f"custom reward {self.label} returned {number} for completion {index}; rewards must "
                               "be finite — fix the function, or set [plugins] strict = false to score it 0.0")

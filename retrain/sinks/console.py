@@ -50,7 +50,7 @@ class ConsoleProgress(Sink):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total_steps = total_steps
-        self.stream = stream
+        self.stream: TextIO | None = stream  # None once it cannot be written to
         self.done = completed
         self.started_at_done = completed
         self.every = every or max(1, total_steps // 10)
@@ -93,17 +93,25 @@ class ConsoleProgress(Sink):
         if self.interactive:
             columns = shutil.get_terminal_size((100, 20)).columns
             # A wrapped line cannot be redrawn with "\r": cut it to the terminal width.
-            self.stream.write("\r" + text[: max(columns - 1, 10)] + "\x1b[K")
-            self.stream.flush()
+            self._write("\r" + text[: max(columns - 1, 10)] + "\x1b[K")
             self._drawn = True
         elif self.done % self.every == 0 or self.done >= self.total_steps:
-            self.stream.write(text + "\n")
+            self._write(text + "\n")
+
+    def _write(self, text: str) -> None:
+        """Show ``text``; a terminal that went away (SSH closed: SIGHUP, then EIO) ends the
+        progress line, never the run, which still has a checkpoint to save."""
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(text)
             self.stream.flush()
+        except (OSError, ValueError):
+            self.stream = None
 
     def close(self) -> None:
         if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+            self._write("\n")
             self._drawn = False
 
 

@@ -273,6 +273,13 @@ class WandbSink(Sink):
 
 
 
+def _wandb_has_setting(name: str) -> bool:
+    """Whether the installed wandb knows setting ``name`` (its Settings refuse unknown ones)."""
+    import wandb
+
+    return name in getattr(wandb.Settings, "model_fields", {})
+
+
 class _Start:
     """``wandb.init`` with the sink's arguments, each call given the time left before one
     deadline (wandb's ``init_timeout``), so that a retried start waits no longer in all."""
@@ -289,7 +296,7 @@ class _Start:
 
     def __call__(self, **extra: object) -> WandbRunHandle:
         settings: dict[str, object] = {"init_timeout": max(self.seconds_left(), 1.0)}
-        if not os.environ.get("WANDB_FINISH_TIMEOUT"):
+        if not os.environ.get("WANDB_FINISH_TIMEOUT") and _wandb_has_setting("finish_timeout"):
             # wandb's own default waits for the upload without end: a network that dropped
             # mid-run would hold the run's end forever. What is not uploaded by then stays
             # in the run's wandb folder for `wandb sync`.

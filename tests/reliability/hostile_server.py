@@ -11,7 +11,9 @@ Modes (``HostileServer.mode``, changeable while it runs):
 - ``503``: answers 503;
 - ``truncated``: announces a Content-Length and closes after half the body;
 - ``huge``: announces and streams a body of ``huge_bytes`` bytes;
-- ``huge_unannounced``: streams as much without a Content-Length, until it is cut off.
+- ``huge_unannounced``: streams as much without a Content-Length, until it is cut off;
+- ``truncated_hang``: sends half the announced body, then neither more nor a close;
+- ``refuse``: answers 403 (as a proxy refusing a tunnel does).
 
 ``fail_first`` makes the first N requests use ``mode`` and the rest ``ok``. Every
 connection is counted (``connections``), and ``open_connections`` says how many are
@@ -40,6 +42,9 @@ class HostileServer:
     connections: int = 0
     open_connections: int = 0
     authorization: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    request_lines: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
     stopping: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     listener: socket.socket | None = None
@@ -47,12 +52,18 @@ class HostileServer:
     got_request: threading.Event = field(default_factory=threading.Event)
 
     @property
-    def url(self) -> str:
+    def port(self) -> int:
         assert self.listener is not None
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+        return int(self.listener.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
 
     def start(self) -> HostileServer:
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self.listener = socket.create_server((self.host, 0), family=family)
         self.listener.settimeout(0.1)
         threading.Thread(target=self._accept, daemon=True).start()
         return self
@@ -86,6 +97,8 @@ class HostileServer:
                     self.requests += 1
                     mode = self.mode if self.fail_first is None or self.requests <= self.fail_first else "ok"
                     self.authorization.append(headers.get("authorization", ""))
+                    self.hosts.append(headers.get("host", ""))
+                    self.request_lines.append(headers.get(":request", ""))
                 self.got_request.set()
                 getattr(self, f"_mode_{mode}")(connection)
         except OSError:
@@ -102,8 +115,9 @@ class HostileServer:
                 return None
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")[1:]
+        first, *lines = head.decode("latin-1").split("\r\n")
         headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        headers[":request"] = first
         length = int(headers.get("content-length", "0"))
         while len(body) < length:
             chunk = connection.recv(65536)
@@ -155,3 +169,10 @@ class HostileServer:
         block = b" " * 65536
         for _ in range(self.huge_bytes // len(block)):
             connection.sendall(block)
+
+    def _mode_truncated_hang(self, connection: socket.socket) -> None:
+        connection.sendall(self._head("200 OK", len(OK_BODY)) + OK_BODY[: len(OK_BODY) // 2])
+        self.stopping.wait()
+
+    def _mode_refuse(self, connection: socket.socket) -> None:
+        connection.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")

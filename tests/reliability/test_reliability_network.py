@@ -4,6 +4,10 @@ stops, and never prints the credentials of its URL."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -194,3 +198,136 @@ def test_the_judge_refuses_two_credentials_at_once(server: HostileServer) -> Non
     with pytest.raises(ConfigError, match="carries a user and password, and OPENAI_API_KEY is set") as raised:
         JudgeReward(config, environ={"OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-x"})
     assert "pw123" not in str(raised.value)
+
+
+def test_the_host_header_names_the_port_and_ipv6_hosts_work() -> None:
+    for host in ("127.0.0.1", "::1"):
+        hostile = HostileServer(host=host).start()
+        try:
+            assert client(hostile).post_json("chat", {}, "probe").status == 200
+            shown = f"[{host}]" if ":" in host else host
+            assert hostile.hosts == [f"{shown}:{hostile.port}"]
+        finally:
+            hostile.stop()
+
+
+def test_every_address_of_a_host_is_tried(server: HostileServer) -> None:
+    closed = socket.create_server(("127.0.0.1", 0))
+    dead_port = closed.getsockname()[1]
+    closed.close()
+
+    def two_addresses(host: str, port: int, type: int = 0) -> list[tuple[object, ...]]:
+        # The first address refuses (an IPv6 address an IPv4-only server does not listen on).
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", dead_port)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", server.port))]
+
+    probe = HttpClient(parse_endpoint(server.url, "test URL"), in_flight=InFlight(), resolve=two_addresses)
+    assert probe.post_json("chat", {}, "probe").status == 200
+
+
+def test_a_reply_cut_then_silent_is_a_cancellation_or_a_deadline_even_on_the_last_attempt(
+        server: HostileServer) -> None:
+    server.mode = "truncated_hang"
+    probe = client(server, max_attempts=1, deadline_s=60)
+    threading.Timer(0.5, probe.in_flight.cancel_now).start()
+    assert isinstance(timed(lambda: probe.post_json("chat", {}, "probe"))[0], RequestCancelled)
+    error, elapsed = timed(lambda: client(server, max_attempts=1, deadline_s=0.5).post_json("chat", {}, "probe"))
+    assert isinstance(error, DeadlineExceeded) and elapsed < 3.0, error
+
+
+@pytest.mark.parametrize("url", ["http://host:80a/v1", "http://host:99999/v1", "https://alice:s3cr#t@host/v1",
+                                 "alice:s3cr3t@host:8000/v1"])
+def test_a_malformed_url_is_named_without_repeating_it(url: str) -> None:
+    with pytest.raises(HttpError, match="OPENAI_BASE_URL is not") as raised:
+        parse_endpoint(url, "OPENAI_BASE_URL")
+    assert "s3cr" not in str(raised.value) and "alice" not in str(raised.value)
+
+
+def test_a_password_holding_an_at_sign_is_redacted_whole() -> None:
+    from retrain.config.snapshot import redact_text
+
+    assert redact_text("https://alice:p@ss@host/v1 and http://u:x y@h") == "https://host/v1 and http://u:x y@h"
+    assert parse_endpoint("https://alice:p%40ss@host/v1", "URL").shown == "https://***@host/v1"
+
+
+def test_a_server_echoing_the_key_does_not_get_it_printed(server: HostileServer) -> None:
+    class Echo(HostileServer):
+        def _mode_ok(self, connection: socket.socket) -> None:
+            body = f'{{"error": "bad key {self.authorization[-1]}"}}'.encode()
+            connection.sendall(self._head("401 Unauthorized", len(body)) + body)
+
+    echo = Echo().start()
+    try:
+        probe = HttpClient(parse_endpoint(echo.url, "URL"), in_flight=InFlight(),
+                           headers={"Authorization": "Bearer sk-live-0123456789"})
+        error, _ = timed(lambda: probe.post_json("chat", {}, "probe"))
+        assert isinstance(error, HttpError) and "HTTP 401" in str(error)
+        assert "sk-live-0123456789" not in str(error) and "***" in str(error)
+    finally:
+        echo.stop()
+
+
+def test_a_proxy_from_the_environment_is_used(server: HostileServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://proxyuser:pw@127.0.0.1:{server.port}")
+    # A plain-http server through the proxy: the request names the whole URL.
+    probe = HttpClient(parse_endpoint("http://judge.invalid:8000/v1", "URL"), in_flight=InFlight(), max_attempts=1)
+    assert probe.post_json("chat/completions", {}, "probe").status == 200
+    assert server.request_lines == ["POST http://judge.invalid:8000/v1/chat/completions HTTP/1.1"]
+    assert server.hosts == ["judge.invalid:8000"]
+    # An https server is reached through a tunnel, which this proxy refuses.
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.port}")
+    server.mode = "refuse"
+    error, _ = timed(lambda: HttpClient(parse_endpoint("https://judge.invalid/v1", "URL"), in_flight=InFlight(),
+                                        max_attempts=1).post_json("chat", {}, "probe"))
+    assert isinstance(error, HttpError) and "refused a tunnel to judge.invalid:443" in str(error), error
+    assert server.request_lines[-1] == "CONNECT judge.invalid:443 HTTP/1.1"
+
+
+def test_tls_failures_are_named_and_a_handshake_can_be_cancelled(server: HostileServer, tmp_path) -> None:
+    # A server that never speaks TLS: the handshake hangs until cancelled.
+    server.mode = "hang"
+    probe = HttpClient(parse_endpoint(f"https://127.0.0.1:{server.port}/v1", "URL"), in_flight=InFlight(),
+                       deadline_s=60)
+    threading.Timer(0.5, probe.in_flight.cancel_now).start()
+    error, elapsed = timed(lambda: probe.post_json("chat", {}, "probe"))
+    assert isinstance(error, RequestCancelled) and elapsed < 3.0, (error, elapsed)
+    # A server whose certificate does not verify: a clear error at once, not retried.
+    certificate, key = self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=lambda: _tls_accept(listener, context), daemon=True).start()
+    probe = HttpClient(parse_endpoint(f"https://127.0.0.1:{listener.getsockname()[1]}/v1", "URL"),
+                       in_flight=InFlight())
+    error, _ = timed(lambda: probe.post_json("chat", {}, "probe"))
+    assert isinstance(error, HttpError) and "TLS certificate does not verify" in str(error), error
+    listener.close()
+
+
+def _tls_accept(listener: socket.socket, context: ssl.SSLContext) -> None:
+    with contextlib.suppress(OSError):
+        while True:
+            connection, _ = listener.accept()
+            with contextlib.suppress(OSError), connection:
+                context.wrap_socket(connection, server_side=True)
+
+
+def self_signed(folder) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 that no authority signed, and its key."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                   .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)

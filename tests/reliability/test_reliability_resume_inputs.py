@@ -84,3 +84,34 @@ def test_a_snapshot_edited_by_hand_is_refused_on_resume(tmp_path: Path, retrain_
     resumed = run_retrain(workdir, retrain_cache, "--resume", "run")
     assert resumed.returncode == 0, describe(resumed)
     assert [row["step"] for row in read_jsonl_strict(workdir / "run" / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_pinned_settings_take_any_toml_value() -> None:
+    import dataclasses
+    import datetime
+
+    from retrain.config.schema import AlgorithmConfig, Config
+    from retrain.run import pinned_settings
+
+    config = dataclasses.replace(Config(), algorithm=AlgorithmConfig(
+        advantage_params={"since": datetime.date(2024, 1, 1), "scale": float("nan")}))
+    assert pinned_settings(config) == pinned_settings(config)  # a NaN is not an edit
+
+
+def test_a_run_that_read_no_file_cannot_be_given_one_on_resume(tmp_path: Path) -> None:
+    import dataclasses
+
+    import pytest
+
+    from retrain.config.schema import Config, DataConfig
+    from retrain.config.snapshot import write_snapshot
+    from retrain.errors import RetrainError
+    from retrain.run import check_resume_settings
+
+    hub = dataclasses.replace(Config(), data=DataConfig(source="math", path=""))  # MATH from the hub: no file
+    write_snapshot(hub, tmp_path / "config.toml")
+    local = dataclasses.replace(hub, data=DataConfig(source="math", path=str(tmp_path)))
+    state: dict[str, object] = {"step": 1, "inputs": {}}
+    with pytest.raises(RetrainError, match="the config differs from the run's snapshot .*data.path"):
+        check_resume_settings(local, tmp_path, state)
+    assert check_resume_settings(hub, tmp_path, state) == hub

@@ -18,6 +18,8 @@ SECRETS = {
     "toml passwd": "S3cr3tTomlPasswd",
     "toml authorization": "S3cr3tTomlAuthorization",
     "toml url password": "S3cr3tTomlUrlPassword",
+    "toml OPENAI_API_KEY": "S3cr3tTomlUpperCase",
+    "toml nested password": "S3cr3tTomlNested",
     "dotenv access_token": "S3cr3tDotenvToken",
     "env OPENAI_API_KEY": "S3cr3tEnvOpenai",
     "env OPENAI_BASE_URL password": "S3cr3tEnvBaseUrl",
@@ -38,6 +40,8 @@ class LeakyParams:
     authorization: str = setting("", "a credential")
     access_token: str = setting("", "a credential")
     endpoint: str = setting("", "a URL with a password")
+    OPENAI_API_KEY: str = setting("", "a credential, in upper case")
+    auth: dict[str, str] = setting({}, "credentials, nested")
 
 
 @register("advantage", params=LeakyParams)
@@ -45,6 +49,7 @@ def leaky(rewards_P_G, params):
     # The run must hand the plugin its real secrets, on a resume too (not blanks).
     assert params.api_key == "{api_key}" and params.access_token == "{token}", params
     assert params.endpoint.startswith("https://alice:"), params.endpoint
+    assert params.OPENAI_API_KEY == "{upper}" and params.auth == {"user": "bob", "password": "{nested}"}, params
     rewards = np.asarray(rewards_P_G, dtype=np.float64)
     return rewards - rewards.mean(axis=1, keepdims=True)
 '''
@@ -53,8 +58,11 @@ def leaky(rewards_P_G, params):
 def planted_workdir(tmp_path: Path) -> Path:
     workdir = workdir_with_default_config(tmp_path / "work")
     (workdir / "plugins").mkdir()
-    (workdir / "plugins" / "leaky.py").write_text(PLUGIN.replace("{api_key}", SECRETS["toml api_key"]).replace(
-        "{token}", SECRETS["dotenv access_token"]))
+    source = PLUGIN
+    for marker, name in (("{api_key}", "toml api_key"), ("{token}", "dotenv access_token"),
+                         ("{upper}", "toml OPENAI_API_KEY"), ("{nested}", "toml nested password")):
+        source = source.replace(marker, SECRETS[name])
+    (workdir / "plugins" / "leaky.py").write_text(source)
     config = (workdir / "retrain.toml").read_text().replace('advantage_mode = "maxrl"',
                                                             'advantage_mode = "leaky.leaky"')
     config += f'''
@@ -63,6 +71,8 @@ api_key = "{SECRETS['toml api_key']}"
 passwd = "{SECRETS['toml passwd']}"
 authorization = "{SECRETS['toml authorization']}"
 endpoint = "https://alice:{SECRETS['toml url password']}@example.org/v1"
+OPENAI_API_KEY = "{SECRETS['toml OPENAI_API_KEY']}"
+auth = {{ user = "bob", password = "{SECRETS['toml nested password']}" }}
 
 [plugins]
 search_paths = ["plugins"]
@@ -95,13 +105,18 @@ def test_no_planted_secret_reaches_any_output(tmp_path: Path, retrain_cache: Pat
     # The snapshot keeps no secret, so a resume must be given the TOML's again.
     refused = run(workdir, retrain_cache, "--resume", "logs/default", "--max-steps", "3")
     assert refused.returncode == 2, describe(refused)
-    assert "RETRAIN_ALGORITHM__ADVANTAGE_PARAMS__API_KEY" in refused.stderr, refused.stderr
+    for name in ("API_KEY", "OPENAI_API_KEY", "AUTH__PASSWORD"):
+        assert f"RETRAIN_ALGORITHM__ADVANTAGE_PARAMS__{name}" in refused.stderr, refused.stderr
     printed.append(refused.stdout + refused.stderr)
     again = {"RETRAIN_ALGORITHM__ADVANTAGE_PARAMS__API_KEY": SECRETS["toml api_key"],
              "RETRAIN_ALGORITHM__ADVANTAGE_PARAMS__PASSWD": SECRETS["toml passwd"],
              "RETRAIN_ALGORITHM__ADVANTAGE_PARAMS__AUTHORIZATION": SECRETS["toml authorization"],
              "RETRAIN_ALGORITHM__ADVANTAGE_PARAMS__ENDPOINT":
-                 f"https://alice:{SECRETS['toml url password']}@example.org/v1"}
+                 f"https://alice:{SECRETS['toml url password']}@example.org/v1",
+             # named as the refusal names them: upper case and nested keys too
+             "RETRAIN_ALGORITHM__ADVANTAGE_PARAMS__OPENAI_API_KEY": SECRETS["toml OPENAI_API_KEY"],
+             "RETRAIN_ALGORITHM__ADVANTAGE_PARAMS__AUTH__PASSWORD": SECRETS["toml nested password"],
+             "RETRAIN_ALGORITHM__ADVANTAGE_PARAMS__AUTH__USER": "bob"}  # everything under a secret name is one
     resumed = run(workdir, retrain_cache, "--resume", "logs/default", "--max-steps", "3", env=again)
     assert resumed.returncode == 0, describe(resumed)
     printed.append(resumed.stdout + resumed.stderr)

@@ -4,6 +4,8 @@ codes (128 + signal), no traceback, and a folder that resumes."""
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import signal
 import subprocess
@@ -175,3 +177,39 @@ def test_a_third_signal_exits_at_once(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 130, result.stderr
     assert "SIGINT again: exiting now" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_exit_deadline_never_cuts_a_checkpoint_short() -> None:
+    script = (
+        "import os, signal, sys, time\n"
+        "from retrain.stopping import StopSignals, RunInterrupted\n"
+        "try:\n"
+        "    with StopSignals(exit_deadline_s=0.5) as signals, signals.graceful():\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        with signals.checkpointing():\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "            time.sleep(2.0)  # a checkpoint slower than the exit deadline\n"
+        "            print('committed', flush=True)\n"
+        "except RunInterrupted as stopped:\n"
+        "    sys.exit(stopped.exit_code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 130, result.stderr
+    assert result.stdout == "committed\n" and "exiting now" not in result.stderr, result.stderr
+
+
+def test_a_terminal_that_went_away_ends_the_progress_line_not_the_run() -> None:
+    from retrain.sinks.console import ConsoleProgress
+
+    class ClosedTerminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+        def write(self, text: str) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+    progress = ConsoleProgress(3, ClosedTerminal())
+    for step in (1, 2, 3):
+        progress.log_step({"step": step, "reward_mean": 0.5})
+    progress.close()
+    assert progress.stream is None

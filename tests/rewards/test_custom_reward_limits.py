@@ -320,3 +320,11 @@ def test_non_finite_results_are_repaired_with_one_warning_and_counted_per_call(c
     scored = environment.rollout(_examples(2), FakeEngine(config), lambda messages: [1, 2],
                                  SamplingParams(n=3, max_tokens=2))
     assert scored.counts == {"plugin_repaired_values": 6.0}
+
+
+def test_an_integer_too_large_for_a_float_is_a_plugin_error() -> None:
+    from retrain.registry import PluginOutputError
+
+    reward = _reward(lambda completion, reference: 10**400)
+    with pytest.raises(PluginOutputError, match="an integer of 401 digits for completion 0, too large for a float"):
+        reward.score(["a"], _examples(1))
