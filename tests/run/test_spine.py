@@ -3,6 +3,8 @@ publication and checkpoints, through the real plan and build (no model; millisec
 
 from __future__ import annotations
 
+import dataclasses
+
 import threading
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import spine_fakes
 from spine_fakes import FakeBackend, FakeEngine
 
 from retrain.checkpoint import read_trainer_state, restore, save_checkpoint
-from retrain.config.loader import resolve_config
+from retrain.config.loader import replace_setting, resolve_config
 from retrain.errors import ConfigError, EngineError
 from retrain.plan import plan_run
 from retrain.publication import Publisher
@@ -143,7 +145,10 @@ def test_a_checkpoint_resumes_bit_identically_on_policy(tmp_path):
     finally:
         first.close()
     state = read_trainer_state(tmp_path / "b" / "logs")
-    plan = plan_run(resolve_config(fake_config(tmp_path / "b"), environ={}))
+    resolved = resolve_config(fake_config(tmp_path / "b"), environ={})
+    # A resume (the plan refuses a new run into a folder holding one).
+    config = replace_setting(resolved.config, "resume.from", str(tmp_path / "b" / "logs"))
+    plan = plan_run(dataclasses.replace(resolved, config=config))
     resumed = build_run(plan, state)
     try:
         restore(resumed, state)
