@@ -4,7 +4,6 @@ publication and checkpoints, through the real plan and build (no model; millisec
 from __future__ import annotations
 
 import dataclasses
-
 import threading
 from pathlib import Path
 
