@@ -2,9 +2,10 @@
 
 Each trial starts the default config through the real command line with a checkpoint
 after every step, waits for a random number of steps, sends a random stop signal, then
-after a random gap (from nothing to one step, timed by the run's own pace, so that the
-second signal lands while the stopping step finishes, while its checkpoint is written, or
-just after the run stopped, when it is not sent) a second random one. The run must exit with 128 + one of the two signals,
+in half the trials the moment the stopping step's checkpoint starts (its staging folder
+appears), in the others after a random gap of up to one step (timed by the run's own
+pace: the second signal lands while the step finishes, while its checkpoint is written,
+or after the run stopped, when it is not sent), a second random one. The run must exit with 128 + one of the two signals,
 print no traceback and no "Exception ignored" noise, and leave a folder that resumes:
 ``retrain --resume`` runs two more steps to completion with one metrics row per step.
 
@@ -73,8 +74,15 @@ def storm(process: subprocess.Popen[str], rng: random.Random, metrics: Path, lin
         if time.monotonic() - seen > 60:
             break
         time.sleep(0.001)
-    gap = rng.uniform(0.0, step_s)
-    time.sleep(gap)
+    seen = time.monotonic()
+    if rng.random() < 0.5:
+        # Aimed: the moment the stopping step's checkpoint starts (its staging folder appears).
+        checkpoints = metrics.parent / "checkpoints"
+        while not any(checkpoints.glob(".step_*.partial")) and process.poll() is None:
+            time.sleep(0.0005)
+    else:
+        time.sleep(rng.uniform(0.0, step_s))
+    gap = time.monotonic() - seen
     if process.poll() is not None:
         return first, 0, gap  # it had already stopped: no second signal
     process.send_signal(second)
