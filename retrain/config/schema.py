@@ -288,6 +288,16 @@ class InferenceConfig:
     dtype: str = setting("auto", "Inference dtype: {choices}", choices=("auto", "bf16", "fp8", "fp4"))
     kv_cache_dtype: str = setting("auto", "KV cache dtype: {choices}", choices=("auto", "bf16", "fp8", "int8"))
     prefix_caching: bool = setting(True, "Compute each prompt's KV cache once and share it across its group")
+    served_model: str = setting("", "Model name the server serves; \"\" = the one it lists (HTTP engines)",
+                                component_setting=True)
+    api_key: str = setting("", "Bearer key for the server; \"\" = none (openai: OPENAI_API_KEY)", secret=True,
+                           component_setting=True)
+    timeout_s: float = setting(600.0, "Seconds one server request may take, retries included", gt=0, le=86400,
+                               component_setting=True)
+    max_concurrency: int = setting(64, "Requests in flight at once to the server", ge=1, le=4096,
+                                   component_setting=True)
+    allow_stale_weights: bool = setting(False, "Keep sampling from the previous weights when a weight load fails "
+                                        "(warned, counted as policy_staleness)", component_setting=True)
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from local_helpers import LocalPair, arithmetic_examples, encode_prompts, local_config, local_pair
+from local_helpers import (
+    LocalPair,
+    arithmetic_examples,
+    encode_prompts,
+    local_config,
+    local_pair,
+)
 
 from retrain.backends.loss import sequence_logprobs
 from retrain.config.schema import Config, InferenceConfig
 from retrain.engines.pytorch import PyTorchEngine, inference_issues
-from retrain.engines.sampler import SpanDecoder, left_pad
+from retrain.engines.sampler import left_pad
+from retrain.engines.spans import SpanDecoder
 from retrain.errors import ConfigError, EngineError
 from retrain.types import Engine, PolicyRef, SamplingParams
 
