@@ -65,6 +65,7 @@ def metrics_row(record: StepRecord, step_time_s: float, skipped_updates: int) ->
     }
     extras: dict[str, object] = {
         **collected.counts,
+        **samples.counts,
         **{key: float(value) for key, value in record.credit.metrics.items()},
         **{f"train/{key}" if key in _CLASHING else key: value for key, value in record.train.metrics.items()
            if key != "loss"},

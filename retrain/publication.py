@@ -5,7 +5,10 @@ run plan chose (the first kind the engine loads that the backend publishes: the 
 model in this process, an adapter or model folder, a remote reference) and the engine
 loads it. The run only moves the reference between them and checks freshness: after a
 load the engine must serve exactly the version just published, or the run stops with an
-``EngineError`` (sampling from stale weights would be silent off-policy training).
+``EngineError`` (sampling from stale weights would be silent off-policy training). Only
+with ``[inference] allow_stale_weights`` does a failed load (after the first) leave the
+engine on its previous version, with a loud warning; the samples then carry their older
+version, so each step's ``policy_staleness`` shows the lag.
 
 Folder publications go to ``<log_dir>/engine_weights/policy_v<N>`` (absolute paths: an
 engine in another process resolves them from its own directory); once the engine has
@@ -30,8 +33,10 @@ FOLDER_KINDS: tuple[PolicyKind, ...] = ("lora_adapter", "full_weights")
 class Publisher:
     """Brings the engine up to date with the backend's latest policy version."""
 
-    def __init__(self, backend: Backend, engine: Engine, kind: PolicyKind, directory: Path) -> None:
+    def __init__(self, backend: Backend, engine: Engine, kind: PolicyKind, directory: Path,
+                 allow_stale: bool = False) -> None:
         self.backend = backend
+        self.allow_stale = allow_stale
         self.engine = engine
         self.kind = kind
         self.directory = Path(directory).resolve()
@@ -60,7 +65,15 @@ class Publisher:
             raise EngineError(f"the backend published a {ref.kind} reference for version {ref.version}; the run asked "
                               f"for {self.kind} at version {self.backend.policy_version} — the backend breaks "
                               "its publish() contract")
-        self.engine.load(ref)
+        try:
+            self.engine.load(ref)
+        except EngineError as error:
+            if not self.allow_stale or self.engine.policy_version < 0:
+                raise
+            logger.warning("STALE WEIGHTS: loading policy version %d failed (%s); the engine keeps sampling from "
+                           "version %d ([inference] allow_stale_weights = true) — policy_staleness in metrics.jsonl "
+                           "counts the versions it lags", ref.version, error, self.engine.policy_version)
+            return ref
         served = self.engine.policy_version
         if served != ref.version:
             raise EngineError(f"the engine serves policy version {served} after loading version {ref.version}: its "

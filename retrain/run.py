@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
+from retrain.agreement import AgreementWatch
 from retrain.checkpoint import read_trainer_state, restore, save_checkpoint, save_final_adapter
-from retrain.config.loader import ResolvedConfig, load_config, replace_setting
+from retrain.config.loader import ENV_PREFIX, ResolvedConfig, load_config, replace_setting
 from retrain.config.schema import Config
-from retrain.config.loader import ENV_PREFIX
 from retrain.config.snapshot import config_to_dict, missing_secrets, redacted_paths, write_snapshot
 from retrain.data.stream import PromptStream
 from retrain.errors import ConfigIssue, RetrainError
@@ -101,7 +101,8 @@ def build_run(plan: RunPlan, resume_state: Mapping[str, object] | None = None) -
         collector = stack.enter_context(contextlib.closing(build_collector(plan, config, environment,
                                                                            backend.encode_prompt, engine, seed)))
         planning: PlanningDetector = plan.planning(config) if plan.planning else NoPlanning()
-        publisher = Publisher(backend, engine, plan.publication, log_dir / ENGINE_WEIGHTS_DIR)
+        publisher = Publisher(backend, engine, plan.publication, log_dir / ENGINE_WEIGHTS_DIR,
+                              allow_stale=config.inference.allow_stale_weights)
         return Run(config=config, log_dir=log_dir, adapter_dir=adapter_dir(config), seed=seed, backend=backend,
                    engine=engine, collector=collector, planning=planning, credit=plan.credit, publisher=publisher,
                    sinks=sinks, start_step=completed + 1, resources=stack.pop_all())
@@ -287,12 +288,14 @@ def train_loop(run: Run, carried: dict[str, object], signals: StopSignals) -> di
     skipped_updates = skipped if isinstance(skipped, int) else 0
     max_steps = run.config.training.max_steps
     save_every = run.config.training.save_every
+    agreement = AgreementWatch()
     with signals.graceful():
         for step in range(run.start_step, max_steps + 1):
             started = time.perf_counter()
             record = _step_or_stop(run, step, signals)
             skipped_updates += int(record.train.skipped)
             last_row = metrics_row(record, time.perf_counter() - started, skipped_updates)
+            agreement.observe(last_row)
             run.sinks.log_step(last_row)
             run.sinks.log_generations(step, record.collected.examples, record.collected.samples,
                                       record.collected.rewards_P_G.reshape(-1))

@@ -166,6 +166,7 @@ def concat_samples(batches: list[SampleBatch], rows: list[np.ndarray], keep_P: l
         token_char_spans=[_present(b.token_char_spans)[i] for b, r in zip(batches, rows) for i in r]
         if with_spans else None,
         policy_version=min(batch.policy_version for batch in batches),
+        counts=_summed([batch.counts for batch in batches]),
     )
 
 

@@ -107,6 +107,8 @@ class SampleBatch:
     entropies_N_T: np.ndarray | None = None
     token_char_spans: list[list[tuple[int, int]]] | None = None
     policy_version: int = 0
+    # Engine counts for the step's metrics row, e.g. ``engine_text_prompts``.
+    counts: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         shape = np.shape(self.token_ids_N_T)

@@ -257,6 +257,8 @@ class LocalTrainer:
             "grad_norm": grad_norm,
             "ratio_mean": stats.ratio_sum / tokens if tokens else float("nan"),
             "ratio_max": stats.ratio_max if tokens else float("nan"),
+            "sampler_logprob_diff_mean": stats.logprob_diff_sum / tokens if tokens else float("nan"),
+            "sampler_logprob_diff_max": stats.logprob_diff_max if tokens else float("nan"),
             "clip_fraction": stats.clipped_tokens / tokens if tokens else 0.0,
             "trained_tokens": tokens,
             "train_time_s": time.perf_counter() - start,

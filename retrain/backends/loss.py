@@ -36,10 +36,15 @@ class LossStats:
     ratio_max: float = 0.0
     clipped_tokens: float = 0.0
     tokens: float = 0.0
+    # |trainer logprob - sampler logprob| of the trained tokens (sampler/trainer agreement).
+    logprob_diff_sum: float = 0.0
+    logprob_diff_max: float = 0.0
 
     def add(self, other: LossStats) -> None:
         self.ratio_sum += other.ratio_sum
         self.ratio_max = max(self.ratio_max, other.ratio_max)
+        self.logprob_diff_sum += other.logprob_diff_sum
+        self.logprob_diff_max = max(self.logprob_diff_max, other.logprob_diff_max)
         self.clipped_tokens += other.clipped_tokens
         self.tokens += other.tokens
 
@@ -80,14 +85,17 @@ def policy_gradient_loss(
     loss = -torch.where(mask_N_T, objective, torch.zeros_like(objective)).sum() / num_tokens
     with torch.no_grad():
         ratio_detached = ratio.detach()
-        # One device-to-host transfer for all four numbers.
-        ratio_sum, ratio_max, clipped_tokens, tokens = torch.stack([
+        # One device-to-host transfer for all the numbers.
+        difference = log_ratio.detach().abs()
+        ratio_sum, ratio_max, clipped_tokens, tokens, diff_sum, diff_max = torch.stack([
             (ratio_detached * mask).sum(),
             torch.where(mask_N_T, ratio_detached, torch.zeros_like(ratio_detached)).max(),
             clipped.sum().to(ratio_detached.dtype),
             mask.sum(),
+            difference.sum(),
+            difference.max(),
         ]).tolist()
-    return loss, LossStats(ratio_sum, ratio_max, clipped_tokens, tokens)
+    return loss, LossStats(ratio_sum, ratio_max, clipped_tokens, tokens, diff_sum, diff_max)
 
 
 def sequence_logprobs(

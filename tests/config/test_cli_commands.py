@@ -115,7 +115,6 @@ def test_configuration_reference_page_is_current() -> None:
     ('[backpressure]\nenabled = true\n', ":2 [backpressure].enabled", "backpressure"),
     ('[squeeze]\n\nmin_variance_retention = 0.9\n', ":3 [squeeze].min_variance_retention", "LoRA-Squeeze"),
     ('[environment]\nprovider = "verifiers"\nid = "gsm8k"\n', ":2 [environment].provider", "verifiers"),
-    ('[inference]\nengine = "vllm"\nurl = "http://localhost:8000"\n', ":2 [inference].engine", "(pytorch)"),
     ('[model]\nlora_rank = 8\n[backend]\nbackend = "tinker"\n', ":4 [backend].backend", "(local)"),
 ])
 @pytest.mark.parametrize("command", ["explain", "train"])

@@ -164,8 +164,9 @@ HAND_WRITTEN = [
          "the backend 'prime_rl' is not part of this version"),
     Case("local-options-unknown", "[backend.options]\nturbo = true\n", (), "turbo"),
     # cross-field rules
-    Case("engine-not-shipped", '[algorithm]\nuncertainty_kind = "shannon_entropy"\n[inference]\nengine = "vllm"\n'
-         'url = "http://x"\n', (), "the engine 'vllm' is not part of this version"),
+    Case("engine-without-entropies", '[algorithm]\nuncertainty_kind = "shannon_entropy"\n[inference]\nengine = "vllm"\n'
+         'url = "http://x"\n', (), "engine 'vllm' cannot return"),
+    Case("server-engine-without-url", '[inference]\nengine = "sglang"\n', (), "no url is set"),
     Case("tinker-not-shipped", '[algorithm]\nuncertainty_kind = "shannon_entropy"\n[backend]\nbackend = "tinker"\n',
          (), "the backend 'tinker' is not part of this version"),
     Case("provider-needs-id", '[environment]\nprovider = "verifiers"\n', (), "id"),
@@ -237,7 +238,7 @@ def test_malformed_input_is_a_clean_error(case: Case, tmp_path: Path, capsys: py
 
 
 SUBPROCESS_SAMPLE = ["syntax-duplicate-key", "binary-garbage", "flag-typo", "legacy-transport", "wrong-type-training.lr",
-                     "flag-missing-value-end", "empty-file", "engine-not-shipped"]
+                     "flag-missing-value-end", "empty-file", "engine-without-entropies"]
 
 
 @pytest.mark.parametrize("name", SUBPROCESS_SAMPLE)
