@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +36,8 @@ class ScriptedServer:
     fail_next: list[tuple[int, object, dict[str, str]]] = field(default_factory=list)
     mutate: Callable[[str, object], object] | None = None
     server_info: dict[str, object] = field(default_factory=dict)
+    # Seconds each sampling request waits before its reply (a server's latency).
+    latency_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     httpd: ThreadingHTTPServer | None = None
 
@@ -107,6 +110,7 @@ class ScriptedServer:
         if path.endswith("load_lora_adapter"):
             return self.lora(path, body)
         if path == "/v1/completions":
+            time.sleep(self.latency_s)
             return 200, self.completions(body)
         if path == "/generate":
             return 200, self.generate(body)
