@@ -13,8 +13,9 @@ in with zeros, since a made-up log-probability would silently bias the update.
   0`` (the sampled token's log-probability only), ``n`` samples per request and a
   ``cache_salt`` naming the policy version, so no prefix-cache block computed under
   older weights is reused.
-- ``sglang``: ``POST /generate`` with ``input_ids`` and ``return_logprob``; the reply's
-  ``meta_info.output_token_logprobs`` holds ``[logprob, token_id, text]`` triples.
+- ``sglang``: ``POST /generate`` with ``input_ids``, ``return_logprob`` and the version's
+  ``cache_salt``; the reply's ``meta_info.output_token_logprobs`` holds ``[logprob,
+  token_id, text]`` triples, one list entry per sample (prompt-major).
 - ``completions`` (any OpenAI-compatible server): ``POST /v1/completions`` with a
   token-id prompt where the server takes one, else the prompt's text (counted as a text
   prompt); tokens come back as text pieces and are mapped to ids by tokenizing the
@@ -165,7 +166,7 @@ class SGLangGenerate:
                     "n": request.n, "stop_token_ids": list(request.stop_token_ids), "sampling_seed": request.seed,
                     "skip_special_tokens": False, "no_stop_trim": True}
         body: dict[str, object] = {"input_ids": request.prompt_ids, "sampling_params": sampling,
-                                   "return_logprob": True, "logprob_start_len": -1}
+                                   "return_logprob": True, "logprob_start_len": -1, "cache_salt": request.cache_salt}
         if request.adapter:
             body["lora_path"] = request.adapter
         return body

@@ -103,6 +103,7 @@ def test_sglang_sends_input_ids_and_the_adapter_name(tiny_model_path, tmp_path):
     body = server.bodies("/generate")[0]
     assert body["input_ids"] == [9, 8] and body["return_logprob"] is True
     assert body["sampling_params"]["n"] == 4 and body["lora_path"].endswith("-v3")
+    assert body["cache_salt"].endswith("-v3")
     assert batch.token_ids_N_T.shape == (4, 3) and batch.policy_version == 3
 
 
