@@ -255,13 +255,16 @@ class EngineCapabilities:
     ``entropies``: it can fill ``SampleBatch.entropies_N_T`` (needs the full next-token
     distribution). ``exact_resume``: its ``save_state``/``load_state`` make sampling after
     a resume repeat the uninterrupted run. ``reads``: component settings (see
-    ``retrain.config.schema``) it uses, e.g. ``"inference.url"``.
+    ``retrain.config.schema``) it uses, e.g. ``"inference.url"``. ``server_settings``:
+    settings that belong to the server it talks to, each with the server flag that sets
+    it (``("inference.dtype", "--dtype")``), which ``retrain explain`` shows.
     """
 
     loads: tuple[PolicyKind, ...]
     entropies: bool = False
     exact_resume: bool = False
     reads: tuple[str, ...] = ()
+    server_settings: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

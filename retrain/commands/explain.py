@@ -89,6 +89,11 @@ def run_graph_text(plan: RunPlan) -> str:
         lines.append(f"  {'masking':<12} keep the top {credit.rho} most uncertain tokens per group")
     component("backend", "backend")
     lines.append(f"  {'publish':<12} {plan.publication}: the backend publishes each update, the engine loads it")
+    for dotted, flag in plan.engine_capabilities.server_settings:
+        section, _, key = dotted.partition(".")
+        value = getattr(getattr(plan.config, section), key)
+        lines.append(f"  {'server-side':<12} [{section}] {key} = {json.dumps(value)}: set on the server ({flag}); "
+                     "checked against what it reports when the run starts")
     lines.append("  probe        a synthetic batch went through the credit pipeline: ok")
     return "\n".join(lines) + "\n"
 

@@ -105,7 +105,13 @@ class ServerEngine(abc.ABC):
     @classmethod
     def capabilities(cls, config: Config) -> EngineCapabilities:
         kind: PolicyKind = "lora_adapter" if config.model.lora_rank > 0 else "full_weights"
-        return EngineCapabilities(loads=(kind,), reads=READS)
+        flags = tuple((f"inference.{key}", cls.server_flag(key)) for key in probe.SERVER_SIDE_SETTINGS)
+        return EngineCapabilities(loads=(kind,), reads=READS, server_settings=flags)
+
+    @classmethod
+    def server_flag(cls, key: str) -> str:
+        """The server flag that sets ``[inference] key``."""
+        return "a server launch option (see the server's documentation)"
 
     @classmethod
     def config_issues(cls, config: Config) -> list[ConfigIssue]:
@@ -331,6 +337,10 @@ class VLLMEngine(ServerEngine):
                   "--max-lora-rank R")
     full_weights_fix = None
 
+    @classmethod
+    def server_flag(cls, key: str) -> str:
+        return probe.SERVER_SIDE_SETTINGS[key][1]
+
     def make_dialect(self) -> Dialect:
         return VLLMCompletions()
 
@@ -382,6 +392,10 @@ class SGLangEngine(ServerEngine):
     launch = "python -m sglang.launch_server --model-path MODEL --enable-lora --max-lora-rank R"
     lora_flags = "start it with --enable-lora --max-lora-rank R (and --lora-target-modules all)"
     full_weights_fix = None
+
+    @classmethod
+    def server_flag(cls, key: str) -> str:
+        return probe.SERVER_SIDE_SETTINGS[key][2]
 
     def make_dialect(self) -> Dialect:
         return SGLangGenerate()

@@ -3,6 +3,7 @@ format, weight sync with versioned names, the start-up probe, faults and malform
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 import time
@@ -233,3 +234,14 @@ def test_cancelling_a_hung_request_ends_it_at_once(tiny_model_path, tmp_path):
         engine.close()
     assert not worker.is_alive() and elapsed < 2.0
     assert outcome and isinstance(outcome[0], RequestCancelled)
+
+
+def test_explain_shows_the_server_side_settings_with_their_flags(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\nlora_rank = 8\n[inference]\nengine = "sglang"\nurl = "http://127.0.0.1:30000"\n'
+                      'dtype = "bf16"\n')
+    result = subprocess.run([sys.executable, "-m", "retrain", "explain", str(config)], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert '[inference] dtype = "bf16": set on the server (--dtype)' in result.stdout
+    assert "(--disable-radix-cache)" in result.stdout
