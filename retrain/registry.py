@@ -168,11 +168,11 @@ BUILTIN_DESCRIPTIONS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "engine": {
         "pytorch": ("in-process sampling with the training model", "[inference] attention_kernel, dtype, ..."),
-        "vllm": ("a vLLM server (OpenAI-compatible API)", "[inference] url"),
-        "sglang": ("an SGLang server", "[inference] url"),
-        "openai": ("any OpenAI-compatible server", "[inference] url"),
-        "max": ("a Modular MAX server", "[inference] url"),
-        "mlx": ("an mlx-lm server", "[inference] url"),
+        "vllm": ("a vLLM server: token-id prompts, versioned LoRA loads", "[inference] url, served_model, timeout_s, ..."),
+        "sglang": ("an SGLang server: /generate, LoRA loads, full-weight reloads", "[inference] url, served_model, ..."),
+        "openai": ("any OpenAI-compatible /v1/completions server", "[inference] url, api_key, served_model, ..."),
+        "max": ("a Modular MAX server (OpenAI-compatible)", "[inference] url, served_model, ..."),
+        "mlx": ("an mlx_lm.server (text prompts)", "[inference] url, served_model, ..."),
     },
 }
 
