@@ -292,9 +292,9 @@ class InferenceConfig:
                                 component_setting=True)
     api_key: str = setting("", "Bearer key for the server; \"\" = none (openai: OPENAI_API_KEY)", secret=True,
                            component_setting=True)
-    timeout_s: float = setting(600.0, "Seconds one server request may take, retries included", gt=0, le=86400,
+    request_timeout_s: float = setting(600.0, "Seconds one server request may take, retries included", gt=0, le=86400,
                                component_setting=True)
-    max_concurrency: int = setting(64, "Requests in flight at once to the server", ge=1, le=4096,
+    max_requests_in_flight: int = setting(64, "Requests in flight at once to the server", ge=1, le=4096,
                                    component_setting=True)
     allow_stale_weights: bool = setting(False, "Keep sampling from the previous weights when a weight load fails "
                                         "(warned, counted as policy_staleness)", component_setting=True)

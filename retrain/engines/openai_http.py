@@ -9,8 +9,8 @@ Every engine here:
 - sends the prompts as token ids where the server takes them, so the server and the
   trainer see the same tokens (a text prompt is counted in ``engine_text_prompts``);
 - has all of a step's requests in flight at once, at most ``[inference]
-  max_concurrency``, through one HTTP client (``retrain/http.py``: deadline ``[inference]
-  timeout_s`` per request with its retries, backoff on 429/5xx honouring Retry-After,
+  max_requests_in_flight``, through one HTTP client (``retrain/http.py``: deadline ``[inference]
+  request_timeout_s`` per request with its retries, backoff on 429/5xx honouring Retry-After,
   cancellation on Ctrl-C); a request that fails for good fails the step — no partial
   step is trained;
 - stops sampling on the tokenizer's end-of-turn tokens;
@@ -64,8 +64,8 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "http_engine_state.json"
 # Component settings every HTTP engine reads (see EngineCapabilities.reads).
-READS = ("inference.url", "inference.served_model", "inference.api_key", "inference.timeout_s",
-         "inference.max_concurrency", "inference.allow_stale_weights")
+READS = ("inference.url", "inference.served_model", "inference.api_key", "inference.request_timeout_s",
+         "inference.max_requests_in_flight", "inference.allow_stale_weights")
 
 
 def server_root(url: str) -> str:
@@ -139,9 +139,9 @@ class ServerEngine(abc.ABC):
         self.url = parse_endpoint(server_root(inference.url), "[inference] url").shown
         headers = self.auth_headers(config)
         endpoint = parse_endpoint(server_root(inference.url), "[inference] url")
-        self.client = HttpClient(endpoint, deadline_s=inference.timeout_s, read_timeout_s=inference.timeout_s,
-                                 headers=headers)
-        self.control = HttpClient(endpoint, deadline_s=min(inference.timeout_s, 300.0), max_attempts=3,
+        timeout_s = inference.request_timeout_s
+        self.client = HttpClient(endpoint, deadline_s=timeout_s, read_timeout_s=timeout_s, headers=headers)
+        self.control = HttpClient(endpoint, deadline_s=min(inference.request_timeout_s, 300.0), max_attempts=3,
                                   backoff_s=0.5, headers=headers)
         model_path = resolve_model_path(config.model.model)
         self.tokenizer = load_tokenizer(config.model.model, model_path)
@@ -209,8 +209,8 @@ class ServerEngine(abc.ABC):
         try:
             requests = self._requests(prompt_token_ids, params, version, name)
             replies = map_with_deadlines(lambda index: self._sample(requests[index]), len(requests),
-                                         max_workers=min(self.config.inference.max_concurrency, len(requests)),
-                                         timeout_s=self.config.inference.timeout_s + 5.0, overdue=self._overdue,
+                                         max_workers=min(self.config.inference.max_requests_in_flight, len(requests)),
+                                         timeout_s=self.config.inference.request_timeout_s + 5.0, overdue=self._overdue,
                                          name="engine-request")
         finally:
             with self.lock:
@@ -295,8 +295,8 @@ class ServerEngine(abc.ABC):
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def _overdue(self, index: int) -> BaseException:
-        return DeadlineExceeded(f"a sampling request to {self.url} took longer than [inference] timeout_s = "
-                                f"{self.config.inference.timeout_s:g}")
+        return DeadlineExceeded(f"a sampling request to {self.url} took longer than [inference] request_timeout_s = "
+                                f"{self.config.inference.request_timeout_s:g}")
 
     def _batch(self, prompts: list[list[int]], n: int, completions: list[Completion], version: int,
                text_prompts: int) -> SampleBatch:
@@ -354,7 +354,7 @@ class VLLMEngine(ServerEngine):
                               optional=True)
         config = info.get("vllm_config") if isinstance(info, dict) else None
         if isinstance(config, dict):
-            vllm_reported(config, facts)
+            probe.vllm_reported(config, facts)
         if self.config.model.lora_rank > 0:
             facts.runtime_lora = probe.probe_runtime_lora(self.control, "v1/unload_lora_adapter")
         elif config is None:
@@ -368,21 +368,6 @@ class VLLMEngine(ServerEngine):
             return VersionedAdapters(self.control, "v1/load_lora_adapter", "v1/unload_lora_adapter", self.prefix,
                                      served=lambda: probe.openai_models(self.control)[1])
         return DiskReload(self.control, vllm_reload, reported=lambda: None, served_model=self.model)
-
-
-def vllm_reported(config: dict[str, object], facts: probe.ServerFacts) -> None:
-    """The LoRA limit and server-side settings in vLLM's ``/server_info`` configuration."""
-    sections = {name: config.get(name) if isinstance(config.get(name), dict) else {}
-                for name in ("lora_config", "model_config", "cache_config", "attention_config")}
-    lora, model, cache = sections["lora_config"], sections["model_config"], sections["cache_config"]
-    assert isinstance(lora, dict) and isinstance(model, dict) and isinstance(cache, dict)
-    facts.lora_enabled = bool(lora)
-    if isinstance(lora.get("max_lora_rank"), int):
-        facts.max_lora_rank = int(lora["max_lora_rank"])
-    for key, value in (("dtype", model.get("dtype")), ("kv_cache_dtype", cache.get("cache_dtype")),
-                       ("prefix_caching", cache.get("enable_prefix_caching"))):
-        if value is not None:
-            facts.reported[key] = str(value).removeprefix("torch.").lower()
 
 
 class SGLangEngine(ServerEngine):
@@ -402,10 +387,10 @@ class SGLangEngine(ServerEngine):
 
     def probe(self) -> probe.ServerFacts:
         probe.reachable(self.control, self.url, self.server, self.launch)
-        model = probe.get_json(self.control, "get_model_info", "reading the served model")
-        info = probe.get_json(self.control, "get_server_info", "reading the server's configuration", optional=True)
-        if info is None:
-            info = probe.get_json(self.control, "server_info", "reading the server's configuration", optional=True)
+        model = self._model_info()
+        info = probe.get_json(self.control, "server_info", "reading the server's configuration", optional=True)
+        if info is None:  # before SGLang 0.5.x: the older, now deprecated name
+            info = probe.get_json(self.control, "get_server_info", "reading the server's configuration", optional=True)
         info = info if isinstance(info, dict) else {}
         path = model.get("model_path") if isinstance(model, dict) else None
         name = info.get("served_model_name") or path
@@ -431,8 +416,13 @@ class SGLangEngine(ServerEngine):
                                      served=lambda: None)
         return DiskReload(self.control, sglang_reload, reported=self._weight_version, served_model=self.model)
 
+    def _model_info(self) -> object:
+        reply = probe.get_json(self.control, "model_info", "reading the served model", optional=True)
+        return reply if reply is not None else probe.get_json(self.control, "get_model_info", "reading the served model")
+
     def _weight_version(self) -> str | None:
-        reply = probe.get_json(self.control, "get_weight_version", "asking the served weight version", optional=True)
+        """The ``weight_version`` SGLang reports in its model info (set by each reload)."""
+        reply = self._model_info()
         if isinstance(reply, dict) and reply.get("weight_version") is not None:
             return str(reply["weight_version"])
         return None
@@ -477,8 +467,13 @@ class MaxEngine(OpenAIEngine):
     """Modular MAX's OpenAI-compatible server (``max serve``)."""
 
     server = "MAX"
-    launch = "max serve --model MODEL --enable-lora --max-lora-rank R"
-    lora_flags = "start it with --enable-lora --max-lora-rank R"
+    launch = ("max serve --model MODEL --enable-lora --max-lora-rank R --no-enable-prefix-caching "
+              "--no-enable-overlap-scheduler")
+    lora_flags = ("start it with --enable-lora --max-lora-rank R --no-enable-prefix-caching (and "
+                  "--no-enable-overlap-scheduler, without which MAX refuses logprobs)")
+    def make_dialect(self) -> Dialect:
+        # MAX 26.7 ignores n: one request per sample.
+        return OpenAICompletions(token_id_prompts=True, samples_per_request=False)
 
 
 class MLXEngine(OpenAIEngine):
@@ -487,3 +482,12 @@ class MLXEngine(OpenAIEngine):
     server = "mlx_lm"
     launch = "mlx_lm.server --model MODEL"
     token_id_prompts = False
+
+    @classmethod
+    def config_issues(cls, config: Config) -> list[ConfigIssue]:
+        # mlx_lm.server (0.32) reads only its own adapter format and has no weight-reload
+        # endpoint, so it cannot follow a policy that changes after every update.
+        return [*super().config_issues(config), ConfigIssue(
+            "", "inference", "engine", "mlx_lm.server cannot load retrain's adapters (it reads only MLX-format "
+            "adapters, not PEFT) or reload weights at runtime, so it would keep sampling from the first policy",
+            "use engine = \"vllm\" or \"sglang\" (or the in-process engine = \"pytorch\")")]

@@ -171,3 +171,18 @@ def report(facts: ServerFacts, config: Config, server: str, url: str, model: str
     logger.info("%s at %s%s serves %s (max model length %s); server-side settings: %s", server, url,
                 f" {facts.version}" if facts.version else "", model,
                 facts.max_model_len if facts.max_model_len is not None else "not reported", shown)
+
+
+def vllm_reported(config: dict[str, object], facts: ServerFacts) -> None:
+    """The LoRA limit and server-side settings in vLLM's ``/server_info`` configuration."""
+    sections = {name: config.get(name) if isinstance(config.get(name), dict) else {}
+                for name in ("lora_config", "model_config", "cache_config", "attention_config")}
+    lora, model, cache = sections["lora_config"], sections["model_config"], sections["cache_config"]
+    assert isinstance(lora, dict) and isinstance(model, dict) and isinstance(cache, dict)
+    facts.lora_enabled = bool(lora)
+    if isinstance(lora.get("max_lora_rank"), int):
+        facts.max_lora_rank = int(lora["max_lora_rank"])
+    for key, value in (("dtype", model.get("dtype")), ("kv_cache_dtype", cache.get("cache_dtype")),
+                       ("prefix_caching", cache.get("enable_prefix_caching"))):
+        if value is not None:
+            facts.reported[key] = str(value).removeprefix("torch.").lower()

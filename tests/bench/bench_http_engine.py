@@ -55,7 +55,7 @@ def build_engine(url: str, log_dir: str, concurrency: int) -> VLLMEngine:
     config = Config()
     for dotted, value in {"model.model": str(ensure_tiny_model()), "model.lora_rank": 8, "inference.engine": "vllm",
                           "inference.url": url, "training.max_tokens": 8, "logging.log_dir": log_dir,
-                          "inference.max_concurrency": concurrency}.items():
+                          "inference.max_requests_in_flight": concurrency}.items():
         config = replace_setting(config, dotted, value)
     engine = VLLMEngine(config)
     folder = Path(log_dir) / "policy_v0"

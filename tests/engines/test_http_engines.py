@@ -30,7 +30,7 @@ PARAMS = SamplingParams(n=4, max_tokens=8)
 def engine_config(tiny_model_path: Path, url: str, tmp_path: Path, engine: str = "vllm", **settings: object) -> Config:
     config = Config()
     for dotted, value in {"model.model": str(tiny_model_path), "model.lora_rank": 8, "inference.engine": engine,
-                          "inference.url": url, "inference.timeout_s": 10.0, "training.max_tokens": 8, "logging.log_dir": str(tmp_path),
+                          "inference.url": url, "inference.request_timeout_s": 10.0, "training.max_tokens": 8, "logging.log_dir": str(tmp_path),
                           **settings}.items():
         config = replace_setting(config, dotted, value)
     return config
@@ -181,7 +181,7 @@ def test_probe_compares_server_side_settings(tiny_model_path, tmp_path):
 def test_an_unreachable_server_is_a_clear_error(tiny_model_path, tmp_path):
     with ScriptedServer() as server:
         url = server.url
-    config = engine_config(tiny_model_path, url, tmp_path, **{"inference.timeout_s": 2.0})
+    config = engine_config(tiny_model_path, url, tmp_path, **{"inference.request_timeout_s": 2.0})
     with pytest.raises(EngineError, match="cannot reach the vLLM server"):
         VLLMEngine(config)
 
@@ -208,7 +208,7 @@ def test_a_failed_load_stops_the_run_unless_stale_weights_are_allowed(tiny_model
 
 def test_cancelling_a_hung_request_ends_it_at_once(tiny_model_path, tmp_path):
     with ScriptedServer() as server:
-        engine = VLLMEngine(engine_config(tiny_model_path, server.url, tmp_path, **{"inference.timeout_s": 60.0}))
+        engine = VLLMEngine(engine_config(tiny_model_path, server.url, tmp_path, **{"inference.request_timeout_s": 60.0}))
         engine.load(adapter(tmp_path, 0))
         release = threading.Event()
         server.mutate = lambda path, reply: (release.wait(30), reply)[1]
