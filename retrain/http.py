@@ -14,6 +14,22 @@ over HTTP): one client with a total deadline, retries, cancellation and safe URL
   healthy server still lets the step finish; then, or at once on the second signal
   (``cancel_now``), their sockets are shut down and every call raises ``RequestCancelled``.
   Connecting polls for cancellation, and backoff waits wake on it.
+- **Reuse.** A client keeps the connections its calls leave open (keep-alive) in a pool
+  shared by every thread that uses it, by route (host, port, TLS, proxy), at most
+  ``max_idle_connections`` and none idle past ``max_idle_s``, and the next call takes one
+  rather than connecting (and shaking hands) again. A connection goes back only after a
+  whole reply whose framing allows it (the body read to its Content-Length or last chunk,
+  no ``Connection: close``, HTTP/1.1 or an HTTP/1.0 keep-alive, from the server or the
+  proxy in between), only if the deadline's watchdog did not cut it, and never once
+  cancelled; an idle one that turned readable (its server closed it) is dropped. While a
+  call uses a pooled connection it is in ``IN_FLIGHT`` and under the watchdog like any
+  other. A reused connection that fails before any byte of the reply (the server closed
+  it while idle: a reset, a broken pipe, an end of stream) is replaced at once by a fresh
+  one — not an attempt, no backoff — once per attempt. Cancelling closes the idle
+  connections of every client whose pool it knows; ``HttpClient.close()`` closes its own
+  (and keeps none after), so whoever holds a client closes it when done. Requests go out
+  with ``TCP_NODELAY`` and replies are acknowledged at once (``TCP_QUICKACK``): a server
+  that writes headers and body apart does not stall a kept-alive call on a delayed ACK.
 - **Bounded bodies.** A reply larger than ``max_body_bytes`` is refused, not buffered.
 - **Credentials in URLs.** ``https://user:password@host/v1`` is sent as HTTP basic auth
   (RFC 7617) to ``https://host/v1``; a URL is only ever printed with its credentials
@@ -22,23 +38,25 @@ over HTTP): one client with a total deadline, retries, cancellation and safe URL
 
 from __future__ import annotations
 
-import base64
 import errno
 import http.client
 import json
 import select
 import socket
 import ssl
-import threading
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from retrain.config.snapshot import redact_text
 from retrain.errors import RetrainError
+from retrain.http_pool import IN_FLIGHT, IdlePool, InFlight, Watchdog
+from retrain.http_route import Route, basic_auth
+
+__all__ = ["IN_FLIGHT", "DeadlineExceeded", "Endpoint", "HttpClient", "HttpError", "HttpStatusError", "InFlight",
+           "RequestCancelled", "Response", "Route", "basic_auth", "parse_endpoint"]
 
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # How often a connect in progress checks whether it was cancelled.
@@ -65,6 +83,16 @@ class HttpStatusError(HttpError):
         super().__init__(message)
         self.status = status
         self.detail = detail
+
+
+class _Stale(Exception):
+    """A pooled connection that failed before any byte of the reply: its server closed it
+    while it was idle, so the request never reached it."""
+
+
+# What a write to, or the first read from, a connection its server closed raises.
+_STALE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, http.client.RemoteDisconnected,
+          ssl.SSLEOFError, ssl.SSLZeroReturnError)
 
 
 class _Transient(Exception):
@@ -114,77 +142,6 @@ def parse_endpoint(url: str, where: str) -> Endpoint:
     return Endpoint(clean, authorization, shown)
 
 
-def basic_auth(user: str | None, password: str | None) -> str:
-    """The ``Authorization`` value of HTTP basic auth (RFC 7617) for URL-encoded parts."""
-    pair = f"{urllib.parse.unquote(user or '')}:{urllib.parse.unquote(password or '')}"
-    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-
-
-class InFlight:
-    """The open connections of this process, so that a stopping run can cut them."""
-
-    def __init__(self) -> None:
-        # Re-entrant: a second signal may arrive while the first one's handler holds it.
-        self._lock = threading.RLock()
-        self._sockets: set[socket.socket] = set()
-        self._cancelled = threading.Event()
-        self._timer: threading.Timer | None = None
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def add(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.add(sock)
-        if self._cancelled.is_set():
-            _shut(sock)
-
-    def discard(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.discard(sock)
-
-    def wait(self, seconds: float) -> bool:
-        """Sleep ``seconds`` or until cancelled; True if cancelled."""
-        return self._cancelled.wait(max(0.0, seconds))
-
-    def cancel_after(self, grace_s: float) -> None:
-        """Cancel every call still running in ``grace_s`` seconds (the first signal)."""
-        with self._lock:
-            if self._timer is not None or self._cancelled.is_set():
-                return
-            timer = self._timer = threading.Timer(grace_s, self.cancel_now)
-        timer.daemon = True
-        timer.start()
-
-    def cancel_now(self) -> None:
-        """Cut every call now, and refuse new ones until ``reset`` (the second signal)."""
-        self._cancelled.set()
-        with self._lock:
-            sockets = list(self._sockets)
-        for sock in sockets:
-            _shut(sock)
-
-    def reset(self) -> None:
-        """Accept calls again (a new run in this process)."""
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._cancelled.clear()
-
-
-IN_FLIGHT = InFlight()
-
-
-def _shut(sock: socket.socket) -> None:
-    """Wake whatever blocks on ``sock``: its reads and writes fail at once."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed or never connected: nothing blocks on it
-
-
 @dataclass(frozen=True)
 class Response:
     status: int
@@ -201,7 +158,9 @@ class Response:
 @dataclass
 class HttpClient:
     """Calls to one endpoint. ``deadline_s`` bounds each call in all (retries included);
-    ``read_timeout_s`` is the most one silent read may take within it."""
+    ``read_timeout_s`` is the most one silent read may take within it. Open connections
+    are kept for reuse (``max_idle_connections``, 0 for none, each idle at most
+    ``max_idle_s``) until ``close()``; the client is safe to share between threads."""
 
     endpoint: Endpoint
     deadline_s: float = 120.0
@@ -217,6 +176,23 @@ class HttpClient:
     # The backoff wait: returns True when the run is stopping (default: ``in_flight.wait``).
     wait: Callable[[float], bool] | None = None
     resolve: Callable[..., list[tuple[Any, ...]]] = socket.getaddrinfo
+    max_idle_connections: int = 64
+    max_idle_s: float = 30.0
+    _idle: IdlePool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._idle = IdlePool(self.max_idle_connections, self.max_idle_s)
+
+    def close(self) -> None:
+        """Close the idle connections and keep none from now on (calls still work, each
+        on a connection of its own). Closing twice is harmless."""
+        self._idle.close()
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def post_json(self, path: str, payload: object, what: str, deadline: float | None = None) -> Response:
         """POST ``payload`` as JSON to ``<endpoint>/<path>`` and return a 2xx response,
@@ -238,7 +214,7 @@ class HttpClient:
         last = ""
         for attempt in range(self.max_attempts):
             try:
-                return self._once(method, url, body, {**self.headers, **headers}, deadline)
+                return self._attempt(method, url, body, {**self.headers, **headers}, deadline)
             except _Transient as failure:
                 last = str(failure)
                 wait_s = self._backoff(attempt, failure.wait_s)
@@ -275,34 +251,54 @@ class HttpClient:
             wait_s = max(wait_s, server_wait_s)
         return min(wait_s, self.max_backoff_s)
 
+    def _attempt(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str],
+                 deadline: float) -> Response:
+        """One attempt, on a pooled connection if there is one; if the server had closed
+        that one while it was idle, again at once on a fresh connection."""
+        try:
+            return self._once(method, url, body, headers, deadline, reuse=True)
+        except _Stale:
+            return self._once(method, url, body, headers, deadline, reuse=False)
+
     def _once(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str],
-              deadline: float) -> Response:
-        """One attempt. Whatever fails is judged in one place: a cancellation or the
+              deadline: float, reuse: bool) -> Response:
+        """One exchange. Whatever fails is judged in one place: a cancellation or the
         deadline first (a socket they shut down looks like any other failure), then a
-        certificate that does not verify (retrying cannot help), then the rest (retried)."""
+        pooled connection closed before it answered (``_Stale``), then a certificate that
+        does not verify (retrying cannot help), then the rest (retried). The connection
+        goes back to the pool when the reply allows and nothing cut it."""
         if self.in_flight.cancelled:
             raise RequestCancelled("cancelled")
         parts = urllib.parse.urlsplit(url)
         route = Route.to(parts)
-        sock: socket.socket | None = None
-        watchdog: threading.Timer | None = None
+        sock = self._idle.take(route) if reuse else None
+        reused, answered, keep = sock is not None, False, False
+        watchdog: Watchdog | None = None
         try:
-            sock = self._connect(route, deadline)
-            watchdog = threading.Timer(max(0.0, deadline - self.clock()), _shut, (sock,))
-            watchdog.daemon = True
-            watchdog.start()
-            sock = self._secure(sock, route)
-            response = self._exchange(sock, route, method, parts, body, headers)
+            if sock is None:
+                sock = self._connect(route, deadline)
+            else:
+                self.in_flight.add(sock)
+                sock.settimeout(max(0.001, min(self.read_timeout_s, deadline - self.clock())))
+            watchdog = Watchdog(sock, deadline - self.clock())
+            if not reused:
+                sock = self._secure(sock, route, watchdog)
+            reply = self._send(sock, route, method, parts, body, headers)
+            answered = True
+            payload = self._read_body(reply)
+            keep = reply.isclosed() and not reply.will_close  # read to its end, and kept alive
             if self.in_flight.cancelled:
                 raise RequestCancelled("cancelled")
             if self.clock() >= deadline:
                 raise DeadlineExceeded("deadline")
-            return response
+            return self._answer(reply, payload)
         except (OSError, http.client.HTTPException, _Transient) as error:
             if self.in_flight.cancelled:
                 raise RequestCancelled("cancelled") from error
             if self.clock() >= deadline:
                 raise DeadlineExceeded("deadline") from error
+            if reused and not answered and isinstance(error, _STALE):
+                raise _Stale(f"{type(error).__name__}: {error}") from error
             if isinstance(error, ssl.SSLCertVerificationError):
                 raise HttpError(f"the server's TLS certificate does not verify ({error.verify_message}) — "
                                 "check the URL, or the certificate the server presents") from error
@@ -310,11 +306,11 @@ class HttpClient:
                 raise
             raise _Transient(f"{type(error).__name__}: {error}") from error
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            intact = watchdog.disarm() if watchdog is not None else False
             if sock is not None:
                 self.in_flight.discard(sock)
-                sock.close()
+                if not (keep and intact and self._idle.give(route, sock, self.in_flight)):
+                    sock.close()
 
     def _connect(self, route: Route, deadline: float) -> socket.socket:
         """A connected TCP socket to the server (or its proxy), registered in
@@ -336,6 +332,8 @@ class HttpClient:
                 sock.close()
                 raise
             if code == 0:
+                # A request is written whole; an ACK delayed for it must not hold the next.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.settimeout(max(0.001, min(self.read_timeout_s, deadline - self.clock())))
                 if route.tunnel:
                     self._open_tunnel(sock, route)
@@ -380,20 +378,28 @@ class HttpClient:
             raise HttpError(f"the proxy {route.connect_host}:{route.connect_port} refused a tunnel to {target} "
                             f"({status}) — check HTTPS_PROXY / NO_PROXY")
 
-    def _secure(self, sock: socket.socket, route: Route) -> socket.socket:
+    def _secure(self, sock: socket.socket, route: Route, watchdog: Watchdog) -> socket.socket:
         """TLS for an https server; the raw socket stays registered (a cancellation can
-        cut the handshake) until the wrapped one replaces it."""
+        cut the handshake) until the wrapped one, which takes over its descriptor,
+        replaces it there and under the watchdog."""
         if not route.https:
             return sock
         secured = ssl.create_default_context().wrap_socket(sock, server_hostname=route.host,
                                                            do_handshake_on_connect=False)
         self.in_flight.add(secured)
         self.in_flight.discard(sock)
-        secured.do_handshake()
+        watchdog.sock = secured
+        try:
+            secured.do_handshake()
+        except BaseException:
+            self.in_flight.discard(secured)
+            secured.close()
+            raise
         return secured
 
-    def _exchange(self, sock: socket.socket, route: Route, method: str, parts: urllib.parse.SplitResult,
-                  body: bytes | None, headers: Mapping[str, str]) -> Response:
+    def _send(self, sock: socket.socket, route: Route, method: str, parts: urllib.parse.SplitResult,
+              body: bytes | None, headers: Mapping[str, str]) -> http.client.HTTPResponse:
+        """Send the request on ``sock`` and read the reply's status and headers."""
         connection = http.client.HTTPConnection(route.host, route.port)
         connection.sock = sock  # already connected, with our timeouts and our watchdog
         sent = {"Host": route.authority, **headers}
@@ -405,15 +411,19 @@ class HttpClient:
         # Through a plain-http proxy the request names the whole URL (absolute form).
         target = f"http://{route.authority}{path}" if route.via_proxy and not route.tunnel else path
         connection.request(method, target, body=body, headers=sent)
-        response = connection.getresponse()
-        payload = self._read_body(response)
-        headers_in = {key.lower(): value for key, value in response.getheaders()}
-        if response.status in TRANSIENT_STATUS:
-            raise _Transient(f"HTTP {response.status}: {self._detail(payload)}",
+        _quick_ack(sock)
+        # The connection object is dropped afterwards; the socket is ours to close or pool.
+        return connection.getresponse()
+
+    def _answer(self, reply: http.client.HTTPResponse, payload: bytes) -> Response:
+        """A 2xx reply as a ``Response``; any other status raised, as retryable or not."""
+        headers_in = {key.lower(): value for key, value in reply.getheaders()}
+        if reply.status in TRANSIENT_STATUS:
+            raise _Transient(f"HTTP {reply.status}: {self._detail(payload)}",
                              _retry_after(headers_in.get("retry-after")))
-        if not 200 <= response.status < 300:
-            raise HttpStatusError(f"HTTP {response.status}", response.status, self._detail(payload))
-        return Response(response.status, headers_in, payload)
+        if not 200 <= reply.status < 300:
+            raise HttpStatusError(f"HTTP {reply.status}", reply.status, self._detail(payload))
+        return Response(reply.status, headers_in, payload)
 
     def _detail(self, payload: bytes) -> str:
         """The start of an error reply, as it may be printed: a server that echoes the
@@ -443,45 +453,15 @@ class HttpClient:
         return b"".join(chunks)
 
 
-@dataclass(frozen=True)
-class Route:
-    """How to reach a server: directly, or through the HTTP proxy the environment names
-    (``HTTPS_PROXY``/``HTTP_PROXY``, unless ``NO_PROXY`` covers the host), tunnelled
-    (``CONNECT``) for https."""
-
-    host: str
-    port: int
-    https: bool
-    connect_host: str
-    connect_port: int
-    via_proxy: bool = False
-    proxy_authorization: str = ""
-
-    @property
-    def tunnel(self) -> bool:
-        return self.via_proxy and self.https
-
-    @property
-    def host_port(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def authority(self) -> str:
-        """The Host header: the port only when it is not the scheme's default."""
-        return self.host_port if self.port != (443 if self.https else 80) else self.host_port.rpartition(":")[0]
-
-    @classmethod
-    def to(cls, parts: urllib.parse.SplitResult) -> Route:
-        https = parts.scheme == "https"
-        host, port = parts.hostname or "", parts.port or (443 if https else 80)
-        proxy = urllib.request.getproxies().get(parts.scheme, "")
-        if not proxy or urllib.request.proxy_bypass(host):
-            return cls(host, port, https, host, port)
-        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        authorization = ""
-        if proxy_parts.username is not None:
-            authorization = basic_auth(proxy_parts.username, proxy_parts.password)
-        return cls(host, port, https, proxy_parts.hostname or "", proxy_parts.port or 80, True, authorization)
+def _quick_ack(sock: socket.socket) -> None:
+    """Acknowledge the reply's first segment at once (Linux): a server that writes its
+    headers and its body apart, without TCP_NODELAY, would otherwise wait for a delayed
+    ACK before sending the body, 40 ms on every call of a kept-alive connection."""
+    if hasattr(socket, "TCP_QUICKACK"):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            pass
 
 
 def _retry_after(value: str | None) -> float | None:

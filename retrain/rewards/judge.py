@@ -148,6 +148,11 @@ class JudgeReward:
             self.malformed_verdicts += 1
         return rewards_N
 
+    def close(self) -> None:
+        """Close the connections kept open to the judge (the environment closes its reward
+        when the run ends)."""
+        self.client.close()
+
     def _overdue(self, index: int) -> RewardError:
         return RewardError(f"judge call for completion {index} to {self.url} did not end within [reward] timeout_s "
                            f"= {self.client.deadline_s:g} s — check the server and OPENAI_BASE_URL")
