@@ -238,8 +238,8 @@ class ServerEngine(abc.ABC):
         if sync is not None:
             sync.close()
         for client in (getattr(self, "client", None), getattr(self, "control", None)):
-            if client is not None and hasattr(client, "close"):  # pooled connections (retrain/http.py)
-                client.close()
+            if client is not None:
+                client.close()  # its pooled keep-alive connections
 
     # -- internals --------------------------------------------------------------------------
 
