@@ -20,6 +20,11 @@ in with zeros, since a made-up log-probability would silently bias the update.
   token-id prompt where the server takes one, else the prompt's text (counted as a text
   prompt); tokens come back as text pieces and are mapped to ids by tokenizing the
   completion, accepted only when that gives exactly one id per log-probability.
+- ``mlx`` (``mlx_lm.server``): ``POST /v1/completions`` with the prompt's text (it takes
+  no token ids), ``logprobs: true`` (a bool; an integer crashes its handler) and one sample
+  per request; the reply's ``logprobs.content`` lists ``{"id", "logprob"}`` per sampled
+  token. Its log-probabilities are taken before temperature, so they are the sampling
+  distribution's only at temperature 1.
 """
 
 from __future__ import annotations
@@ -252,3 +257,27 @@ def _checked(ids: list[int], logprobs: list[float], finish: str, where: str) -> 
         raise MalformedReply(f"{where}: a log-probability is NaN, infinite or positive: {logprobs[:8]}")
     return Completion(ids, logprobs, finish)
 
+
+
+class MLXCompletions:
+    """``mlx_lm.server``'s ``/v1/completions`` (checked against mlx-lm 0.32's server)."""
+
+    path = "v1/completions"
+    token_id_prompts = False
+    samples_per_request = False  # it answers one choice whatever n asks
+
+    def body(self, request: SampleRequest) -> dict[str, object]:
+        return {"model": request.model, "prompt": request.prompt_text, **_sampling_fields(request), "logprobs": True}
+
+    def parse(self, reply: object, request: SampleRequest, tokenize: Tokenize) -> list[Completion]:
+        where = f"{self.path} reply"
+        (choice,) = _choices(reply, 1, where)
+        content = _logprobs_block(choice, where).get("content")
+        if not isinstance(content, list) or not all(isinstance(entry, dict) for entry in content):
+            raise MalformedReply(f"{where}: logprobs.content is not a list of {{id, logprob}} entries")
+        ids = [entry.get("id") for entry in content]
+        if not all(isinstance(token, int) and not isinstance(token, bool) for token in ids):
+            raise MalformedReply(f"{where}: a token id in logprobs.content is not an integer")
+        logprobs = _floats([entry.get("logprob") for entry in content], where)
+        return [_checked([int(token) for token in ids if isinstance(token, int)], logprobs,
+                         _finish(choice.get("finish_reason"), where), where)]

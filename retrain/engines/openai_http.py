@@ -42,6 +42,7 @@ from retrain.engines.dialects import (
     Completion,
     Dialect,
     MalformedReply,
+    MLXCompletions,
     OpenAICompletions,
     SampleRequest,
     SGLangGenerate,
@@ -398,6 +399,8 @@ class SGLangEngine(ServerEngine):
         for key in ("context_length", "max_model_len"):
             if isinstance(info.get(key), int):
                 facts.max_model_len = int(info[key])
+        if facts.max_model_len is None:  # server_info's context_length is null unless set by flag
+            facts.max_model_len = probe.openai_models(self.control)[2]
         if "enable_lora" in info or "lora_paths" in info:
             facts.lora_enabled = bool(info.get("enable_lora") or info.get("lora_paths"))
         if isinstance(info.get("max_lora_rank"), int):
@@ -436,14 +439,13 @@ class OpenAIEngine(ServerEngine):
     launch = "see the server's documentation"
     lora_flags = ("the server has no /v1/load_lora_adapter endpoint; use a server that loads adapters at runtime "
                   "(engine = \"vllm\" or \"sglang\")")
-    token_id_prompts: ClassVar[bool] = True
 
     def auth_headers(self, config: Config) -> dict[str, str]:
         key = config.inference.api_key or os.environ.get("OPENAI_API_KEY", "")
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def make_dialect(self) -> Dialect:
-        return OpenAICompletions(token_id_prompts=self.token_id_prompts)
+        return OpenAICompletions()
 
     def probe(self) -> probe.ServerFacts:
         try:
@@ -475,13 +477,24 @@ class MaxEngine(OpenAIEngine):
         # MAX 26.7 ignores n: one request per sample.
         return OpenAICompletions(token_id_prompts=True, samples_per_request=False)
 
+    def make_sync(self) -> WeightSync:
+        def served() -> dict[str, str]:
+            # MAX lists a loaded adapter as one more model card, with no parent or root.
+            bases, adapters, _ = probe.openai_models(self.control)
+            return {**dict.fromkeys(bases, ""), **adapters}
+
+        return VersionedAdapters(self.control, "v1/load_lora_adapter", "v1/unload_lora_adapter", self.prefix,
+                                 served=served)
+
 
 class MLXEngine(OpenAIEngine):
     """``mlx_lm.server``: text prompts only (counted in ``engine_text_prompts``)."""
 
     server = "mlx_lm"
     launch = "mlx_lm.server --model MODEL"
-    token_id_prompts = False
+
+    def make_dialect(self) -> Dialect:
+        return MLXCompletions()
 
     @classmethod
     def config_issues(cls, config: Config) -> list[ConfigIssue]:

@@ -88,11 +88,14 @@ def openai_models(client: HttpClient) -> tuple[list[str], dict[str, str], int | 
 
 def probe_runtime_lora(client: HttpClient, unload_path: str) -> bool:
     """Whether the runtime LoRA endpoints exist: unloading a name nobody loaded is refused
-    by a server that has them ("cannot be found") and unrouted by one that has not."""
+    by a server that has them ("cannot be found") and unrouted by one that has not (or
+    answered 501 Not Implemented, as MAX does when started without --enable-lora)."""
     try:
         client.post_json(unload_path, {"lora_name": "retrain-probe-not-loaded"}, "probing runtime LoRA loading")
     except HttpStatusError as error:
         detail = error.detail.lower()
+        if error.status == 501:
+            return False
         return not (error.status in (404, 405) and ("not found" in detail and "adapter" not in detail
                                                     or detail.strip() in ("", "{}")))
     return True

@@ -259,21 +259,3 @@ def test_openai_dialect_recovers_ids_from_text_and_refuses_what_it_cannot():
     assert completion.token_ids == [97, 98, 7] and completion.logprobs == [-1.0, -2.0, -0.1]
     with pytest.raises(MalformedReply, match="cannot be recovered exactly"):
         dialect.parse(reply, request, lambda text: [1])
-
-
-def test_a_run_through_the_cli_samples_from_the_server_and_cleans_up(retrain_cache, tiny_model_path, tmp_path):
-    from cli_runs import read_jsonl_strict, run_retrain
-
-    with ScriptedServer() as server:
-        config = tmp_path / "run.toml"
-        config.write_text(f'[backend]\ndevices = "cpu"\nadapter_path = "{{log_dir}}/adapter"\n[model]\nmodel = "{tiny_model_path}"\nlora_rank = 8\n'
-                          '[training]\nmax_steps = 2\nbatch_size = 2\ngroup_size = 2\nmax_tokens = 4\n'
-                          f'[data]\nsource = "arithmetic"\n[inference]\nengine = "vllm"\nurl = "{server.url}/v1"\n'
-                          '[logging]\nlog_dir = "logs"\n')
-        result = run_retrain(tmp_path, retrain_cache, str(config))
-        assert result.returncode == 0, result.stderr
-        assert server.adapters == {}  # every version this run loaded is unloaded at the end
-    rows = read_jsonl_strict(tmp_path / "logs" / "metrics.jsonl")
-    assert [row["engine_text_prompts"] for row in rows] == [0.0, 0.0]
-    loads = [body["lora_name"] for body in server.bodies("/v1/load_lora_adapter")]
-    assert loads and all(name.startswith("retrain-") for name in loads) and len(set(loads)) == len(loads)

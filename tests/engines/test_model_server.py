@@ -1,6 +1,5 @@
 """The fake inference server (``fakes.model_server``) speaks each dialect, driven with raw
-``urllib`` calls. The tiny model comes from the default cache (``ensure_tiny_model()``),
-which is built once per machine, so this file stays fast after the first build."""
+``urllib`` calls, over the session's tiny model."""
 
 from __future__ import annotations
 
@@ -22,10 +21,8 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def model_dir() -> Path:
-    from retrain.models.tiny import ensure_tiny_model
-
-    return ensure_tiny_model()
+def model_dir(tiny_model_path: Path) -> Path:
+    return tiny_model_path
 
 
 @pytest.fixture(scope="module")

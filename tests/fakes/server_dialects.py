@@ -408,6 +408,8 @@ def max_load(server: ModelServer, body: dict, headers: Headers) -> Reply:
 
 def max_unload(server: ModelServer, body: dict, headers: Headers) -> Reply:
     name = body.get("lora_name")
+    if not server.enable_lora:
+        raise ModelError("LoRA is not enabled on this server; start it with --enable-lora.", 501)
     with server.model.lock:
         if name not in server.model.adapters:
             raise ModelError(f"LoRA adapter '{name}' is not loaded.", 404)
