@@ -56,7 +56,7 @@ from retrain.engines.server_sync import (
     sglang_reload,
     vllm_reload,
 )
-from retrain.engines.spans import SpanDecoder
+from retrain.engines.spans import SpanDecoder, end_of_turn_ids
 from retrain.errors import ConfigIssue, EngineError
 from retrain.http import DeadlineExceeded, HttpClient, HttpError, RequestCancelled, parse_endpoint
 from retrain.types import EngineCapabilities, PolicyKind, PolicyRef, SampleBatch, SamplingParams
@@ -74,21 +74,6 @@ def server_root(url: str) -> str:
     ``/v1`` base, native endpoints (SGLang's ``/generate``, ``/health``) live at the root."""
     stripped = url.rstrip("/")
     return stripped[:-3] if stripped.endswith("/v1") else stripped
-
-
-def end_of_turn_ids(tokenizer: object, model_path: str) -> tuple[int, ...]:
-    """The tokenizer's end-of-sequence id and the model's generation-config ones."""
-    ids: list[int] = []
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if isinstance(eos, int):
-        ids.append(eos)
-    config_file = Path(model_path) / "generation_config.json"
-    if config_file.is_file():
-        configured = json.loads(config_file.read_text()).get("eos_token_id")
-        for token in configured if isinstance(configured, list) else [configured]:
-            if isinstance(token, int) and token not in ids:
-                ids.append(token)
-    return tuple(ids)
 
 
 class ServerEngine(abc.ABC):

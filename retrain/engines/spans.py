@@ -1,10 +1,12 @@
 """Character spans of sampled tokens in their decoded text (no torch: HTTP engines use
 it too). Planning detectors match phrases in the text and map them back to tokens
-through these spans."""
+through these spans. Also the end-of-turn ids sampling stops on."""
 
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 
 class SpanDecoder:
@@ -67,3 +69,18 @@ class SpanDecoder:
 def _running_spans(lengths: list[int]) -> list[tuple[int, int]]:
     ends = list(itertools.accumulate(lengths))
     return [(end - length, end) for end, length in zip(ends, lengths)]
+
+
+def end_of_turn_ids(tokenizer: object, model_path: str) -> tuple[int, ...]:
+    """The tokenizer's end-of-sequence id and the model's generation-config ones."""
+    ids: list[int] = []
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.append(eos)
+    config_file = Path(model_path) / "generation_config.json"
+    if config_file.is_file():
+        configured = json.loads(config_file.read_text()).get("eos_token_id")
+        for token in configured if isinstance(configured, list) else [configured]:
+            if isinstance(token, int) and token not in ids:
+                ids.append(token)
+    return tuple(ids)
