@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "migrate-config": ("retrain.commands.migrate_config", "rewrite legacy config keys (preview, --check, --write)"),
     "plugins": ("retrain.commands.plugins", "list built-in and discovered plugins"),
     "init-plugin": ("retrain.commands.init_plugin", "write a plugin scaffold (and its test)"),
+    "status": ("retrain.commands.status", "show the runs and campaigns under a folder (--json, --watch)"),
+    "plot": ("retrain.commands.plot", "plot a run's or a campaign's reward curves (-o file.png, else sparklines)"),
 }
 
 USAGE = """usage: retrain [CONFIG] [--setting value ...]

@@ -142,9 +142,8 @@ def main(argv: list[str]) -> int:
     created = write_new_file(path, template_text(args.template))
     made = f", created the folder {created[-1]}" if created else ""
     if args.template == "campaign":
-        # The file is a valid config, but running campaigns is not part of this version.
-        print(f"wrote {path} (template 'campaign'{made}); this version of retrain validates and migrates campaign "
-              "files but cannot run them yet: run each condition as its own config", file=sys.stderr)
+        print(f"wrote {path} (template 'campaign'{made}); run it with: retrain {path} (or print one command per "
+              f"run for other machines: retrain {path} --print-commands)", file=sys.stderr)
     else:
         print(f"wrote {path} (template '{args.template}'{made}); check it with: retrain explain {path}", file=sys.stderr)
     return 0

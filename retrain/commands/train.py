@@ -1,7 +1,10 @@
 """``retrain [train] [CONFIG] [--setting value ...]``: train with a config.
 
 The config (default ./retrain.toml) is loaded with every overlay and checked completely,
-every plugin is resolved, and only then is a model loaded.
+every plugin is resolved, and only then is a model loaded. A file with a ``[campaign]``
+table runs its campaign (``--print-commands`` prints one command per pending run,
+``--campaign-run NAME`` runs one); a file whose ``[squeeze]`` names an ``adapter_path``
+(and has no ``[campaign]``) analyses that adapter instead of training.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from retrain.errors import RetrainError
 
 DESCRIPTION = "train with a config (the default: `retrain config.toml`)"
 
-COMMAND_OPTIONS = {"--help": False, "-h": False}
+COMMAND_OPTIONS = {"--help": False, "-h": False, "--print-commands": False, "--campaign-run": True}
 
 def flags_help() -> str:
     """Every setting flag, grouped by section."""
@@ -70,7 +73,26 @@ def main(argv: list[str]) -> int:
     args = parse_run_args(argv, COMMAND_OPTIONS)
     # retrain draws its own progress line; the hub's per-file bars would interleave with it.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    resolved = resolve_config(args.config or default_config(args.overrides), args.overrides)
+    path = args.config or default_config(args.overrides)
+    from retrain.campaign import is_campaign_file
+
+    if is_campaign_file(path):
+        return campaign_main(path, args.overrides, args.options)
+    if args.options:
+        raise RetrainError(f"{' and '.join(args.options)} only apply to a campaign file (one with a [campaign] "
+                           f"table); {path} has none")
+    resolved = resolve_config(path, args.overrides)
+    from retrain.config.schema import SqueezeConfig
+
+    if resolved.config.squeeze != SqueezeConfig() and not resolved.config.squeeze.adapter_path:
+        raise RetrainError(f"{path} has a [squeeze] section but no adapter_path: a training run does not squeeze — "
+                           "set [squeeze] adapter_path to analyse an adapter, or put [squeeze] in a campaign file "
+                           "(it squeezes the first finished run), or remove it")
+    if resolved.config.squeeze.adapter_path:
+        from retrain.commands.squeeze import run_squeeze
+
+        run_squeeze(resolved.config)
+        return 0
     from retrain.run import run_training
 
     # The config's own warnings and its components' (found while planning) come together,
@@ -92,3 +114,16 @@ def main(argv: list[str]) -> int:
     print(f"  logs:     {summary.log_dir}")
     print(f"  metrics:  {metrics}")
     return 0
+
+
+def campaign_main(path: str, overrides: list[Override], options: dict[str, str | bool]) -> int:
+    from retrain.campaign import plan_campaign
+    from retrain.campaign_runner import print_commands, run_all, run_one
+
+    campaign = plan_campaign(path, overrides)
+    if options.get("--print-commands"):
+        return print_commands(campaign)
+    name = options.get("--campaign-run")
+    if isinstance(name, str):
+        return run_one(campaign, name)
+    return run_all(campaign)

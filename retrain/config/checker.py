@@ -8,6 +8,7 @@ JSON object string) and ``[[campaign.conditions]]`` with their overrides.
 
 from __future__ import annotations
 
+import collections
 import json
 from typing import Any
 
@@ -126,12 +127,18 @@ class Checker:
         for index, table in enumerate(value):
             # Each value was checked against its field's declared type just above.
             kwargs: dict[str, Any] = {}
+            # Settings written straight into the condition (lr = 1e-4, [..training] tables)
+            # join its overrides, as the closest existing campaign format writes them.
+            loose = {dotted: item for key, item in table.items() if key not in specs
+                     for dotted, item in _loose_settings(key, item).items()}
             for key, item in table.items():
                 item_where = self.where("campaign", "conditions", index, key) or where
                 spec = specs.get(key)
                 if spec is None:
-                    self.problem(item_where, f"campaign.conditions[{index}]", key, "unknown key",
-                                 did_you_mean(key, specs, "use overrides = { \"section.key\" = value } for other settings"))
+                    if not _loose_settings(key, item):
+                        self.problem(item_where, f"campaign.conditions[{index}]", key, "unknown key",
+                                     did_you_mean(key, [*specs, *BARE_NAMES],
+                                                  "use overrides = { \"section.key\" = value } for other settings"))
                     continue
                 if key == "overrides":
                     checked = self._check_condition_overrides(item, item_where, index)
@@ -142,6 +149,14 @@ class Checker:
                     checked = INVALID if problems else normalize(spec, item)
                 if checked is not INVALID:
                     kwargs[spec.name] = checked
+            if loose:
+                checked = self._check_condition_overrides(loose, where, index)
+                if isinstance(checked, dict):
+                    twice = sorted(set(checked) & set(kwargs.get("overrides", {})))
+                    for name in twice:
+                        self.problem(where, f"campaign.conditions[{index}]", name, "is set both in the condition and "
+                                     "in its overrides", "set it once")
+                    kwargs["overrides"] = {**kwargs.get("overrides", {}), **checked}
             conditions.append(CampaignCondition(**kwargs))
         return conditions
 
@@ -165,6 +180,35 @@ class Checker:
             if not problems:
                 result[name] = normalize(spec, item)
         return result
+
+
+def _bare_names() -> dict[str, str]:
+    """Setting names usable without their section (those unique across sections, as the
+    bare CLI flags are, plus each setting's own short name) -> ``section.key``."""
+    counts = collections.Counter(spec.toml_key for spec in ALL_FIELDS if spec.section != "campaign")
+    names: dict[str, str] = {}
+    for spec in ALL_FIELDS:
+        if spec.section == "campaign":
+            continue
+        if counts[spec.toml_key] == 1:
+            names[spec.toml_key] = spec.dotted
+        for name in (spec.flag, *spec.aliases):
+            if name:
+                names[name.replace("-", "_")] = spec.dotted
+    return names
+
+
+BARE_NAMES = _bare_names()
+
+
+def _loose_settings(key: str, item: object) -> dict[str, object]:
+    """A condition key that names settings outside ``overrides``: a bare name (``lr``) or a
+    section table (``training = { lr = 1e-4 }``); {} for anything else."""
+    if key in BARE_NAMES:
+        return {BARE_NAMES[key]: item}
+    if key in SECTIONS and key != "campaign" and isinstance(item, dict):
+        return _flatten({key: item})
+    return {}
 
 
 def _other_backend_with_option(backend: str, key: str) -> str | None:

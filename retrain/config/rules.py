@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from retrain import registry_names
 from retrain.config.schema import SECTION_FIELDS, Config
 from retrain.errors import ConfigIssue
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
 
 Sources = dict[tuple[str, str], str]
 Rule = Callable[[Config, Sources], list[ConfigIssue]]
@@ -172,37 +169,12 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def _first_set_key(section: DataclassInstance) -> str | None:
-    """The first setting of ``section`` that differs from its default, reading no further
-    (so a rejected value later in the section does not silence the verdict)."""
-    default = type(section)()
-    return next((f.name for f in dataclasses.fields(section) if getattr(section, f.name) != getattr(default, f.name)),
-                None)
-
-
-def _campaign_unavailable(config: Config, sources: Sources) -> list[ConfigIssue]:
-    key = _first_set_key(config.campaign)
-    if key is None:
-        return []
-    return [_issue(sources, "campaign", key,
-                   "campaigns (conditions x seeds) are not part of this version of retrain",
-                   "run each condition as its own config, or remove [campaign]")]
-
-
 def _backpressure_unavailable(config: Config, sources: Sources) -> list[ConfigIssue]:
     if not config.backpressure.enabled:
         return []
     return [_issue(sources, "backpressure", "enabled",
                    "USL backpressure (adaptive batch size) is not part of this version of retrain",
                    "set enabled = false (the batch size stays [training] batch_size)")]
-
-
-def _squeeze_unavailable(config: Config, sources: Sources) -> list[ConfigIssue]:
-    key = _first_set_key(config.squeeze)
-    if key is None:
-        return []
-    return [_issue(sources, "squeeze", key,
-                   "LoRA-Squeeze rank analysis is not part of this version of retrain", "remove the [squeeze] section")]
 
 
 def _unshipped_component(kind: str, section: str, key: str, otherwise: str = "") -> Rule:
@@ -222,9 +194,7 @@ def _unshipped_component(kind: str, section: str, key: str, otherwise: str = "")
 
 
 UNAVAILABLE: tuple[Rule, ...] = (
-    _campaign_unavailable,
     _backpressure_unavailable,
-    _squeeze_unavailable,
     _unshipped_component("backend", "backend", "backend"),
     _unshipped_component("engine", "inference", "engine"),
     _unshipped_component("environment", "environment", "provider", ", or remove provider to take prompts from [data]"),

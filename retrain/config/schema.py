@@ -10,58 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import get_type_hints
 
 from retrain import registry_names
-
-# A TOML value as tomllib returns it (tables and arrays nest).
-TomlValue = Any
-
-
-def setting(
-    default: object,
-    help: str,
-    *,
-    choices: tuple[str, ...] | None = None,
-    plugin_kind: str | None = None,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-    secret: bool = False,
-    flag: str | None = None,
-    toml_key: str | None = None,
-    aliases: tuple[str, ...] = (),
-    component_setting: bool = False,
-    input_path: bool = False,
-) -> Any:
-    """Declare one setting.
-
-    ``plugin_kind`` makes the value a registry name: a built-in of that kind or (for
-    kinds that accept plugins) a dotted path. ``flag`` claims a short CLI flag for a
-    key whose name is not unique (``--model`` for ``[model].model``). ``toml_key`` is the
-    key as written in TOML when it is not a Python identifier (``[resume] from``).
-    ``aliases`` are older TOML spellings still accepted. ``component_setting`` marks a
-    setting only some backends or engines read (they list it in their capabilities'
-    ``reads``): setting it when neither the chosen backend nor engine reads it is an error.
-    ``input_path`` marks a file or folder the run reads examples from (retrain/inputs.py
-    pins its path and content for a resume).
-    ``{choices}`` in ``help`` stands for the valid values (``choices`` or the registry's
-    built-ins of ``plugin_kind``), so no help text lists them by hand.
-    """
-    metadata = {"help": help, "choices": choices, "plugin_kind": plugin_kind, "ge": ge, "gt": gt, "le": le, "lt": lt,
-                "secret": secret, "flag": flag, "toml_key": toml_key, "aliases": aliases,
-                "component_setting": component_setting, "input_path": input_path}
-    if isinstance(default, (list, dict)):
-        frozen_default = default
-        return field(default_factory=lambda: type(frozen_default)(frozen_default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-# Integers larger than this are rejected everywhere: they are always a typo and would
-# overflow the int64 tensors and JSON consumers downstream.
-MAX_INT = 2**53
-
+from retrain.config.declare import MAX_INT, TomlValue, setting
 
 @dataclass(frozen=True)
 class LocalOptions:
@@ -368,15 +320,22 @@ class CampaignCondition:
     advantage_mode: str = setting("", "advantage_mode for this condition; empty = the base config's")
     transform_mode: str = setting("", "transform_mode for this condition; empty = the base config's")
     uncertainty_kind: str = setting("", "uncertainty_kind for this condition; empty = the base config's")
-    overrides: dict[str, TomlValue] = setting({}, "Any other settings, as \"section.key\" = value")
+    overrides: dict[str, TomlValue] = setting({}, "Any other settings, as \"section.key\" = value (bare flag "
+                                              "names such as lr = 1e-4 also work as keys of the condition)")
 
 
 @dataclass(frozen=True)
 class CampaignConfig:
     name: str = setting("", "Campaign name; empty = the TOML file's stem")
-    seeds: list[int] = setting([], "Seeds to run every condition with; [] = [training] seed only")
+    seeds: list[int] = setting([], "Seeds to run every condition with; [] = [training] seed (42 when it is -1)")
     max_steps: int = setting(0, "Steps per run; 0 = [training] max_steps", ge=0, le=MAX_INT)
-    conditions: list[CampaignCondition] = setting([], "The conditions: one [[campaign.conditions]] table each")
+    parallel: bool = setting(False, "Run several runs at once, each in its own process")
+    max_workers: int = setting(2, "Runs at once when parallel = true", ge=1, le=1024)
+    stagger_seconds: float = setting(0.0, "Seconds between starting two parallel runs", ge=0.0, le=86400.0)
+    reward_threshold: float = setting(0.9, "The summary's steps-to-threshold: first step whose 20-step mean "
+                                      "reward reaches this", ge=-1e9, le=1e9)
+    conditions: list[CampaignCondition] = setting([], "The conditions: one [[campaign.conditions]] table each; "
+                                                  "[] = the five-condition ablation")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from retrain.cli import main, stdout_is_closed
 from retrain.commands.init import write_new_files
 from retrain.config.loader import load_config
 from retrain.config.reference import render_reference
-from retrain.errors import ConfigError, RetrainError
+from retrain.errors import RetrainError
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "peft", "datasets", "wandb", "sentence_transformers")
@@ -86,8 +86,9 @@ def test_init_writes_each_template_and_refuses_to_overwrite(tmp_path: Path, caps
         target = tmp_path / f"{name}.toml"
         assert main(["init", str(target), "--template", name]) == 0
         if name == "campaign":
-            with pytest.raises(ConfigError, match=r"campaigns \(conditions x seeds\) are not part of this version"):
-                load_config(target, environ={})
+            from retrain.campaign import plan_campaign
+
+            assert len(plan_campaign(target).runs) == 15  # five conditions x three seeds
         else:
             load_config(target, environ={})
         before = target.read_bytes()
@@ -111,16 +112,14 @@ def test_configuration_reference_page_is_current() -> None:
 
 
 @pytest.mark.parametrize(("text", "where", "named"), [
-    ('[campaign]\nseeds = [1, 2]\n', ":2 [campaign].seeds", "campaigns"),
     ('[backpressure]\nenabled = true\n', ":2 [backpressure].enabled", "backpressure"),
-    ('[squeeze]\n\nmin_variance_retention = 0.9\n', ":3 [squeeze].min_variance_retention", "LoRA-Squeeze"),
     ('[environment]\nprovider = "verifiers"\nid = "gsm8k"\n', ":2 [environment].provider", "verifiers"),
     ('[model]\nlora_rank = 8\n[backend]\nbackend = "tinker"\n', ":4 [backend].backend", "(local)"),
 ])
 @pytest.mark.parametrize("command", ["explain", "train"])
 def test_features_not_in_this_version_are_refused_not_ignored(tmp_path: Path, text: str, where: str, named: str,
                                                               command: str) -> None:
-    # These settings load (a campaign file is a valid config), but a run that ignored
+    # These settings load, but a run that ignored
     # them would silently not do what the file says.
     config = tmp_path / "c.toml"
     config.write_text(text)
@@ -232,7 +231,7 @@ def test_a_failed_write_removes_the_files_and_folders_it_made(tmp_path: Path) ->
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
 
 
-def test_init_says_a_campaign_file_cannot_run_in_this_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_init_says_how_to_run_a_campaign_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["init", str(tmp_path / "camp.toml"), "--template", "campaign"]) == 0
     err = capsys.readouterr().err
-    assert "cannot run them yet" in err and "retrain explain" not in err
+    assert f"run it with: retrain {tmp_path / 'camp.toml'}" in err and "--print-commands" in err

@@ -28,7 +28,7 @@ def test_unknown_legacy_and_unavailable_are_reported_by_one_explain(tmp_path: Pa
     config = tmp_path / "c.toml"
     config.write_text('[backend]\ndevices = "cpu"\nprime_rl_transport = "zmq"\n'
                       "[training]\nlrr = 1e-4\n"
-                      "[campaign]\nseeds = [1, 2]\n")
+                      '[environment]\nprovider = "verifiers"\nid = "gsm8k"\n')
     result = subprocess.run([sys.executable, "-m", "retrain", "explain", str(config)], capture_output=True,
                             text=True, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -36,7 +36,7 @@ def test_unknown_legacy_and_unavailable_are_reported_by_one_explain(tmp_path: Pa
     lines = result.stderr.splitlines()
     legacy = next(line for line in lines if f"{config}:3 [backend].prime_rl_transport: legacy" in line)
     unknown = next(line for line in lines if f"{config}:5 [training].lrr: unknown key — did you mean 'lr'?" in line)
-    unavailable = next(line for line in lines if f"{config}:7 [campaign].seeds: campaigns" in line)
+    unavailable = next(line for line in lines if f"{config}:7 [environment].provider: " in line)
     # In file order, so the report reads top to bottom like the file.
     assert lines.index(legacy) < lines.index(unknown) < lines.index(unavailable)
 
@@ -63,17 +63,15 @@ def test_a_rule_about_other_settings_still_speaks(tmp_path: Path) -> None:
 
 
 def test_an_unavailable_feature_is_reported_whatever_else_is_wrong(tmp_path: Path) -> None:
-    found = problems(tmp_path, '[inference]\nengine = 5\n[squeeze]\noutput_path = "out"\n'
-                               '[environment]\nprovider = "verifiers"\nid = "gsm8k"\n')
+    found = problems(tmp_path, '[inference]\nengine = 5\n[environment]\nprovider = "verifiers"\nid = "gsm8k"\n')
     assert [(where, setting) for where, setting, _ in found] == \
-        [(":2", "inference.engine"), (":4", "squeeze.output_path"), (":6", "environment.provider")]
-    assert "not part of this version" in found[1][2] and "not part of this version" in found[2][2]
+        [(":2", "inference.engine"), (":4", "environment.provider")]
+    assert "not part of this version" in found[1][2]
 
 
-def test_a_campaign_with_a_bad_condition_is_still_named_unavailable(tmp_path: Path) -> None:
+def test_a_bad_condition_key_is_reported_at_its_line(tmp_path: Path) -> None:
     found = problems(tmp_path, '[campaign]\nseeds = [1, 2]\n[[campaign.conditions]]\nadvantage = "grpo"\n')
-    assert [(where, setting) for where, setting, _ in found] == \
-        [(":2", "campaign.seeds"), (":4", "campaign.conditions[0].advantage")]
+    assert [(where, setting) for where, setting, _ in found] == [(":4", "campaign.conditions[0].advantage")]
 
 
 def test_only_the_problem_of_its_own_is_reported_for_a_rejected_setting(tmp_path: Path) -> None:
@@ -84,7 +82,7 @@ def test_only_the_problem_of_its_own_is_reported_for_a_rejected_setting(tmp_path
 
 def test_environment_and_flags_come_after_the_file(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text("[training]\nlrr = 1\n[squeeze]\ndevice = 'cuda'\n")
+    path.write_text("[training]\nlrr = 1\n[environment]\nprovider = 'verifiers'\nid = 'x'\n")
     args = parse_run_args([str(path), "--seed", "x"], {})
     with pytest.raises(ConfigError) as caught:
         load_config(args.config, args.overrides, environ={"RETRAIN_TRAINING__BATCH_SIZE": "0"})
@@ -94,8 +92,8 @@ def test_environment_and_flags_come_after_the_file(tmp_path: Path) -> None:
 
 def test_tools_that_only_read_a_config_may_accept_unavailable_features(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[backend]\nbackend = "prime_rl"\n[backend.options]\nzmq_port = 6000\n[campaign]\nseeds = [1]\n')
+    path.write_text('[backend]\nbackend = "prime_rl"\n[backend.options]\nzmq_port = 6000\n')
     resolved = resolve_config(path, environ={}, refuse_unavailable=False)
-    assert resolved.config.backend.options["zmq_port"] == 6000 and resolved.config.campaign.seeds == [1]
+    assert resolved.config.backend.options["zmq_port"] == 6000
     with pytest.raises(ConfigError, match="not part of this version"):
         resolve_config(path, environ={})
