@@ -127,15 +127,18 @@ class Checker:
         for index, table in enumerate(value):
             # Each value was checked against its field's declared type just above.
             kwargs: dict[str, Any] = {}
-            # Settings written straight into the condition (lr = 1e-4, [..training] tables)
-            # join its overrides, as the closest existing campaign format writes them.
-            loose = {dotted: item for key, item in table.items() if key not in specs
-                     for dotted, item in _loose_settings(key, item).items()}
+            # Settings written straight into the condition (lr = 1e-4, training = {...}) join
+            # its overrides, as the closest existing campaign format writes them.
+            loose: dict[str, object] = {}
             for key, item in table.items():
                 item_where = self.where("campaign", "conditions", index, key) or where
                 spec = specs.get(key)
                 if spec is None:
-                    if not _loose_settings(key, item):
+                    settings = _loose_settings(key, item)
+                    checked = self._check_condition_overrides(settings, item_where, index) if settings else None
+                    if isinstance(checked, dict):
+                        loose.update(checked)
+                    elif not settings:
                         self.problem(item_where, f"campaign.conditions[{index}]", key, "unknown key",
                                      did_you_mean(key, [*specs, *BARE_NAMES],
                                                   "use overrides = { \"section.key\" = value } for other settings"))
@@ -149,14 +152,11 @@ class Checker:
                     checked = INVALID if problems else normalize(spec, item)
                 if checked is not INVALID:
                     kwargs[spec.name] = checked
+            for name in sorted(set(loose) & set(kwargs.get("overrides", {}))):
+                self.problem(where, f"campaign.conditions[{index}]", name, "is set both in the condition and in its "
+                             "overrides", "set it once")
             if loose:
-                checked = self._check_condition_overrides(loose, where, index)
-                if isinstance(checked, dict):
-                    twice = sorted(set(checked) & set(kwargs.get("overrides", {})))
-                    for name in twice:
-                        self.problem(where, f"campaign.conditions[{index}]", name, "is set both in the condition and "
-                                     "in its overrides", "set it once")
-                    kwargs["overrides"] = {**kwargs.get("overrides", {}), **checked}
+                kwargs["overrides"] = {**kwargs.get("overrides", {}), **loose}
             conditions.append(CampaignCondition(**kwargs))
         return conditions
 
