@@ -347,6 +347,8 @@ class VLLMEngine(ServerEngine):
             raise EngineError(f"full fine-tuning reloads the weights into the vLLM server at {self.url} after every "
                               "update, through its development endpoints (/collective_rpc, /reset_prefix_cache) — "
                               "restart it with VLLM_SERVER_DEV_MODE=1 in its environment")
+        else:
+            probe.refuse_tied_reload(self.config.model.model)
         return facts
 
     def make_sync(self) -> WeightSync:

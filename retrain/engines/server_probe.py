@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from retrain.config.schema import Config
 from retrain.errors import EngineError
@@ -189,3 +190,19 @@ def vllm_reported(config: dict[str, object], facts: ServerFacts) -> None:
                        ("prefix_caching", cache.get("enable_prefix_caching"))):
         if value is not None:
             facts.reported[key] = str(value).removeprefix("torch.").lower()
+
+
+def refuse_tied_reload(model: str) -> None:
+    """vLLM's in-place reload (checked on 0.32) loads the input embeddings but leaves a
+    TIED output embedding (lm_head) at its old values: the server would then sample from a
+    model that is neither the old nor the new policy (measured on the tiny model: after one
+    reload the server's log-probabilities were exactly those of the new weights with the
+    old lm_head, 0.85 nats per token off the trainer's)."""
+    from retrain.models.tiny import resolve_model_path
+
+    config_file = Path(resolve_model_path(model)) / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("tie_word_embeddings") is True:
+        raise EngineError(f"{model} ties its output embedding to its input embedding, and vLLM's in-place weight "
+                          "reload leaves a tied output embedding at its old values, so after the first update the "
+                          "server would sample from neither policy — train a LoRA adapter ([model] lora_rank > 0), "
+                          "or use engine = \"sglang\" for full fine-tuning")

@@ -196,3 +196,20 @@ def test_a_run_through_the_cli_trains_on_the_servers_samples_with_matching_logpr
     assert len(loads) >= 3 and all(name.startswith("retrain-") for name in loads) and len(set(loads)) == len(loads)
     served = [request.body["lora_path"] for request in server.requests if request.path == "/generate"]
     assert served and set(served) <= set(loads)
+
+
+def test_vllm_full_weights_refuses_a_tied_output_embedding_and_reloads_an_untied_one(tiny_model_path, tmp_path):
+    untied = tmp_path / "untied"
+    shutil.copytree(tiny_model_path, untied)
+    config_file = untied / "config.json"
+    config_file.write_text(config_file.read_text().replace('"tie_word_embeddings": true', '"tie_word_embeddings": false'))
+    with ModelServer(tiny_model_path, "vllm") as server:
+        with pytest.raises(EngineError, match="ties its output embedding"):
+            VLLMEngine(engine_config(tiny_model_path, server.url + "/v1", tmp_path, **{"model.lora_rank": 0}))
+        engine = VLLMEngine(engine_config(untied, server.url + "/v1", tmp_path, **{"model.lora_rank": 0}))
+        folder = tmp_path / "weights_v0"
+        shutil.copytree(tiny_model_path, folder)
+        engine.load(PolicyRef(version=0, kind="full_weights", location=str(folder)))
+        engine.close()
+    assert server.weights_path == str(folder)
+    assert [request.path for request in server.requests][-2:] == ["/collective_rpc", "/reset_prefix_cache"]

@@ -21,7 +21,8 @@ Wire facts followed (vLLM 0.34.0, MAX 26.7.0, the OpenAI API reference):
 - vLLM dev-mode routes (served as if ``VLLM_SERVER_DEV_MODE=1``): ``/collective_rpc`` with
   ``reload_weights`` (``kwargs.weights_path``) reloads the base from a folder;
   ``/reset_prefix_cache``, ``/pause``, ``/resume``, ``/is_paused``, ``/update_weight_version``,
-  ``/weight_info``. Also ``/inference/v1/generate`` (tokens in, tokens out, one prompt).
+  ``/weight_info``, ``/server_info`` (``vllm_config`` as JSON). Also
+  ``/inference/v1/generate`` (tokens in, tokens out, one prompt).
 - MAX: ``n`` is ignored (one choice per prompt, ``index`` = prompt position); ``logprobs``
   must be 0..7, and non-zero is refused when ``max_overlap_scheduler`` is on; completion
   logprobs carry only ``token_logprobs``/``top_logprobs`` (``tokens``, ``text_offset`` null);
@@ -445,6 +446,19 @@ def vllm_admin(server: ModelServer, body: dict, headers: Headers, path: str) -> 
     return 200, replies[path], {}
 
 
+def vllm_server_info(server: ModelServer, body: dict, headers: Headers) -> Reply:
+    """Dev-mode ``/server_info?config_format=json``: the engine configuration as JSON
+    (dtypes as their torch names), the VLLM_* environment and a system report."""
+    lora = {"max_lora_rank": server.max_lora_rank, "max_loras": 1, "fully_sharded_loras": False} \
+        if server.enable_lora else None
+    config = {"model_config": {"model": server.model_dir, "dtype": f"torch.{server.dtype}",
+                               "max_model_len": server.max_model_len, "served_model_name": server.served_name},
+              "cache_config": {"cache_dtype": server.kv_cache_dtype, "enable_prefix_caching": True},
+              "lora_config": lora, "attention_config": {"backend": None}}
+    env = {"VLLM_SERVER_DEV_MODE": True, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": server.runtime_lora}
+    return 200, {"vllm_config": config, "vllm_env": env, "system_env": {"os": "Linux"}}, {}
+
+
 def admin_route(path: str) -> Route:
     return lambda server, body, headers: vllm_admin(server, body, headers, path)
 
@@ -458,6 +472,7 @@ def openai_routes(server: ModelServer) -> dict[tuple[str, str], Route]:
     if server.dialect == "vllm":
         table[("POST", "/inference/v1/generate")] = vllm_generate
         table[("POST", "/collective_rpc")] = vllm_rpc
+        table[("GET", "/server_info")] = vllm_server_info
         for method, path in [("GET", "/version"), ("POST", "/reset_prefix_cache"), ("POST", "/pause"),
                              ("POST", "/resume"), ("GET", "/is_paused"), ("POST", "/update_weight_version"),
                              ("GET", "/weight_info")]:
