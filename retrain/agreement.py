@@ -20,16 +20,25 @@ MEAN_THRESHOLD = 0.1
 
 
 class AgreementWatch:
-    """Warns once when an on-policy step's sampler/trainer log-probabilities disagree."""
+    """Warns once per run when an on-policy step's sampler/trainer log-probabilities
+    disagree (a step observer: it adds no metrics)."""
+
+    name = "agreement"
 
     def __init__(self, threshold: float = MEAN_THRESHOLD) -> None:
         self.threshold = threshold
         self.warned = False
 
-    def observe(self, row: Mapping[str, object]) -> None:
+    def state_dict(self) -> dict[str, object]:
+        return {"warned": self.warned}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        self.warned = bool(state.get("warned", False))
+
+    def observe(self, row: Mapping[str, object]) -> dict[str, float | str]:
         mean = row.get("sampler_logprob_diff_mean")
         if self.warned or not isinstance(mean, float) or not math.isfinite(mean) or row.get("policy_staleness"):
-            return
+            return {}
         if mean > self.threshold:
             self.warned = True
             logger.warning(
@@ -38,3 +47,4 @@ class AgreementWatch:
                 "at another temperature or reports raw log-probabilities (vLLM: --logprobs-mode processed_logprobs "
                 "when temperature != 1), top_p truncation, a different dtype on the server, or the server serving "
                 "stale weights", row.get("step"), mean, row.get("sampler_logprob_diff_max"), self.threshold)
+        return {}

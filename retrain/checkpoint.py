@@ -104,6 +104,7 @@ def save_checkpoint(run: Run, step: int, extra: Mapping[str, object]) -> Path:
             "adapter": _relative_to(adapter, run.log_dir),
             "data": run.collector.state_dict(),
             "credit": run.credit.state_dict(),
+            "observers": {observer.name: observer.state_dict() for observer in run.observers},
             "rng": rng_state(),
             "policy_version": run.backend.policy_version,
             "wandb_run_id": run.sinks.wandb_run_id,
@@ -305,6 +306,13 @@ def _restore(run: Run, state: Mapping[str, object]) -> None:
         raise TypeError("data, credit and rng must be tables")
     run.collector.load_state_dict(data)
     run.credit.load_state_dict(credit)
+    observers = state.get("observers", {})
+    if not isinstance(observers, dict):
+        raise TypeError("observers must be a table")
+    for observer in run.observers:
+        saved = observers.get(observer.name)
+        if isinstance(saved, dict):
+            observer.load_state_dict(saved)
     restore_rng_state(rng)
     step = state["step"]
     if not isinstance(step, int):

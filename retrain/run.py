@@ -51,11 +51,11 @@ from retrain.metrics import metrics_row
 from retrain.plan import RunPlan, plan_run, with_absolute_search_paths
 from retrain.publication import Publisher
 from retrain.run_dirs import CONFIG_FILE, adapter_dir, claim_output_dirs
-from retrain.sampling import GroupCollector, LookaheadCollector, RefillingCollector, SamplingSettings
+from retrain.sampling import BatchSizes, GroupCollector, LookaheadCollector, RefillingCollector, SamplingSettings
 from retrain.sinks import build_sinks
 from retrain.step import NoPlanning, Run, StepRecord, rl_step
 from retrain.stopping import RunInterrupted, StopSignals
-from retrain.types import Collector, Encoder, Engine, Environment, PlanningDetector, SamplingParams
+from retrain.types import Collector, Encoder, Engine, Environment, PlanningDetector, SamplingParams, StepObserver
 
 logger = logging.getLogger(__name__)
 
@@ -98,18 +98,31 @@ def build_run(plan: RunPlan, resume_state: Mapping[str, object] | None = None) -
         environment = stack.enter_context(contextlib.closing(plan.environment(config)))
         backend = stack.enter_context(contextlib.closing(plan.backend(config)))
         engine = stack.enter_context(contextlib.closing(plan.engine(config)))
+        sizes = BatchSizes(config.training.batch_size)
         collector = stack.enter_context(contextlib.closing(build_collector(plan, config, environment,
-                                                                           backend.encode_prompt, engine, seed)))
+                                                                           backend.encode_prompt, engine, seed, sizes)))
         planning: PlanningDetector = plan.planning(config) if plan.planning else NoPlanning()
         publisher = Publisher(backend, engine, plan.publication, log_dir / ENGINE_WEIGHTS_DIR,
                               allow_stale=config.inference.allow_stale_weights)
         return Run(config=config, log_dir=log_dir, adapter_dir=adapter_dir(config), seed=seed, backend=backend,
                    engine=engine, collector=collector, planning=planning, credit=plan.credit, publisher=publisher,
-                   sinks=sinks, start_step=completed + 1, resources=stack.pop_all())
+                   sinks=sinks, observers=step_observers(config, sizes), start_step=completed + 1,
+                   resources=stack.pop_all())
+
+
+def step_observers(config: Config, sizes: BatchSizes) -> list[StepObserver]:
+    """What reads each step's row: the sampler/trainer agreement watch, and the USL
+    backpressure controller when ``[backpressure] enabled`` (it sets ``sizes``)."""
+    observers: list[StepObserver] = [AgreementWatch()]
+    if config.backpressure.enabled:
+        from retrain.backpressure_observer import Backpressure
+
+        observers.append(Backpressure(config, sizes))
+    return observers
 
 
 def build_collector(plan: RunPlan, config: Config, environment: Environment, encode: Encoder, engine: Engine,
-                    seed: int) -> Collector:
+                    seed: int, sizes: BatchSizes) -> Collector:
     """Prompts in step order, sampled and scored; refilled (dynamic sampling) and sampled
     ahead of training (``max_staleness``) as configured."""
     training = config.training
@@ -119,9 +132,9 @@ def build_collector(plan: RunPlan, config: Config, environment: Environment, enc
     collector: GroupCollector
     if training.dynamic_sampling:
         collector = RefillingCollector(stream, environment, engine, encode, settings,
-                                       training.dynamic_sampling_max_rounds)
+                                       training.dynamic_sampling_max_rounds, sizes)
     else:
-        collector = GroupCollector(stream, environment, engine, encode, settings)
+        collector = GroupCollector(stream, environment, engine, encode, settings, sizes)
     if training.max_staleness:
         return LookaheadCollector(collector, training.max_staleness, last_step=training.max_steps)
     return collector
@@ -288,14 +301,14 @@ def train_loop(run: Run, carried: dict[str, object], signals: StopSignals) -> di
     skipped_updates = skipped if isinstance(skipped, int) else 0
     max_steps = run.config.training.max_steps
     save_every = run.config.training.save_every
-    agreement = AgreementWatch()
     with signals.graceful():
         for step in range(run.start_step, max_steps + 1):
             started = time.perf_counter()
             record = _step_or_stop(run, step, signals)
             skipped_updates += int(record.train.skipped)
             last_row = metrics_row(record, time.perf_counter() - started, skipped_updates)
-            agreement.observe(last_row)
+            for observer in run.observers:
+                last_row.update(observer.observe(last_row))
             run.sinks.log_step(last_row)
             run.sinks.log_generations(step, record.collected.examples, record.collected.samples,
                                       record.collected.rewards_P_G.reshape(-1))

@@ -11,6 +11,8 @@ background thread, so step s may come from a policy up to k updates old.
 
 from __future__ import annotations
 
+import threading
+
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,20 +39,57 @@ class SamplingSettings:
         return self.params.n
 
 
+class BatchSizes:
+    """The number of prompts of each step: ``[training] batch_size`` unless a controller
+    (backpressure) changes it with ``change``. A step's size is fixed the first time the
+    step is sampled — by a sampler running ahead, possibly several steps early — so a
+    change applies to the steps not sampled yet, and the prompts keep their order: each
+    step takes the next ``size`` prompts of the stream. The fixed sizes of steps after a
+    checkpoint are part of its state, so a resumed run samples those steps alike."""
+
+    def __init__(self, initial: int) -> None:
+        self.next = initial
+        self.fixed: dict[int, int] = {}
+        self.lock = threading.Lock()  # the sampling-ahead thread fixes sizes too
+
+    def for_step(self, step: int) -> int:
+        with self.lock:
+            return self.fixed.setdefault(step, self.next)
+
+    def change(self, size: int, after_step: int) -> None:
+        """Use ``size`` for every step not sampled yet; forget steps up to ``after_step``."""
+        with self.lock:
+            self.next = size
+            self.fixed = {step: fixed for step, fixed in self.fixed.items() if step > after_step}
+
+    def state_dict(self) -> dict[str, object]:
+        with self.lock:
+            return {"next": self.next, "fixed": {str(step): size for step, size in self.fixed.items()}}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        fixed = state["fixed"]
+        if not isinstance(fixed, dict) or not isinstance(state["next"], int):
+            raise TypeError("batch sizes: next must be an integer and fixed a table")
+        with self.lock:
+            self.next = state["next"]
+            self.fixed = {int(step): int(size) for step, size in fixed.items()}
+
+
 class GroupCollector:
-    """One round: ``batch_size`` prompts from the stream, ``group_size`` episodes each,
-    played and scored by the environment."""
+    """One round: the step's batch size of prompts from the stream, ``group_size``
+    episodes each, played and scored by the environment."""
 
     def __init__(self, stream: PromptStream, environment: Environment, engine: Engine, encode: Encoder,
-                 settings: SamplingSettings) -> None:
+                 settings: SamplingSettings, sizes: BatchSizes | None = None) -> None:
         self.stream = stream
         self.environment = environment
         self.engine = engine
         self.encode = encode
         self.settings = settings
+        self.sizes = sizes or BatchSizes(settings.batch_size)
 
     def collect(self, step: int) -> Collected:
-        return self.sample_and_score(self.stream.next_batch(self.settings.batch_size))
+        return self.sample_and_score(self.stream.next_batch(self.sizes.for_step(step)))
 
     def sample_and_score(self, examples: list[Example]) -> Collected:
         scored = self.environment.rollout(examples, self.engine, self.encode, self.settings.params)
@@ -98,15 +137,15 @@ class RefillingCollector(GroupCollector):
     """Dynamic sampling: top the batch up with informative groups from extra prompts."""
 
     def __init__(self, stream: PromptStream, environment: Environment, engine: Engine, encode: Encoder,
-                 settings: SamplingSettings, max_rounds: int) -> None:
-        super().__init__(stream, environment, engine, encode, settings)
+                 settings: SamplingSettings, max_rounds: int, sizes: BatchSizes | None = None) -> None:
+        super().__init__(stream, environment, engine, encode, settings, sizes)
         self.max_rounds = max_rounds
 
     def collect(self, step: int) -> Collected:
         collected = super().collect(step)
         parts = [collected]
         keep = [np.ones(len(collected.examples), dtype=bool)]
-        missing = self.settings.batch_size - int(informative_groups(collected.rewards_P_G).sum())
+        missing = self.sizes.for_step(step) - int(informative_groups(collected.rewards_P_G).sum())
         rounds = prompts = 0
         while missing > 0 and rounds < self.max_rounds:
             extra = self.sample_and_score(self.stream.next_batch(missing))

@@ -32,6 +32,7 @@ from retrain.types import (
     Engine,
     PlanningDetector,
     SampleBatch,
+    StepObserver,
     TrainBatch,
     TrainResult,
 )
@@ -52,6 +53,8 @@ class Run:
     credit: CreditPipeline
     publisher: Publisher
     sinks: Sinks
+    # Read each step's row, add their metrics, may steer later steps (backpressure).
+    observers: list[StepObserver] = field(default_factory=list)
     start_step: int = 1
     # What ``close`` releases, in reverse order of building: the collector (its sampling
     # thread), the engine, the backend, the sinks.

@@ -435,6 +435,20 @@ class Collector(Protocol):
     def close(self) -> None: ...
 
 
+class StepObserver(Protocol):
+    """Reads each step's metrics row after the step (before it is logged) and adds its
+    own metrics to it; it may steer later steps (backpressure sets the batch size). Its
+    state goes into every checkpoint under its ``name``."""
+
+    name: str
+
+    def observe(self, row: Mapping[str, object]) -> dict[str, float | str]: ...
+
+    def state_dict(self) -> dict[str, object]: ...
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None: ...
+
+
 class Sink(Protocol):
     """A destination for step records (JSONL logs, the console, wandb). A sink class
     may derive from this protocol to inherit a do-nothing default for every call."""

@@ -79,6 +79,7 @@ class LocalTrainer:
         self.pad_id = int(pad) if pad is not None else fallback[0]
         self._set_cpu_threads()
         self.trainable = [(name, param) for name, param in self.model.named_parameters() if param.requires_grad]
+        self.parameter_count = sum(param.numel() for param in self.model.parameters())
         self.optimizer = torch.optim.AdamW(
             [param for _, param in self.trainable],
             lr=config.training.lr,
@@ -236,6 +237,7 @@ class LocalTrainer:
                 training.clip_eps_high,
             )
             stats.add(part_stats)
+            stats.passes += 1
             loss_value = float(loss.detach())
             total_loss += loss_value
             if not np.isfinite(loss_value):
@@ -261,6 +263,8 @@ class LocalTrainer:
             "sampler_logprob_diff_max": stats.logprob_diff_max if tokens else float("nan"),
             "clip_fraction": stats.clipped_tokens / tokens if tokens else 0.0,
             "trained_tokens": tokens,
+            "train_passes": float(stats.passes),
+            "model_parameters": float(self.parameter_count),
             "train_time_s": time.perf_counter() - start,
             "peak_memory_mb": self._peak_memory_mb(),
             "skipped_updates": float(self.skipped_updates),

@@ -39,6 +39,8 @@ class LossStats:
     # |trainer logprob - sampler logprob| of the trained tokens (sampler/trainer agreement).
     logprob_diff_sum: float = 0.0
     logprob_diff_max: float = 0.0
+    # Forward-and-backward passes through the model (one per micro-batch).
+    passes: int = 0
 
     def add(self, other: LossStats) -> None:
         self.ratio_sum += other.ratio_sum

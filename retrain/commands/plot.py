@@ -222,8 +222,8 @@ def write_png(plot: Plot, output: Path) -> None:
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
     except ImportError as exc:
-        raise RetrainError(f"plot -o needs matplotlib, which cannot be imported ({exc}) — pip install matplotlib, "
-                           "or leave out -o for sparklines in the terminal") from exc
+        raise RetrainError(f"plot -o needs matplotlib, which cannot be imported ({exc}) — pip install "
+                           "'retrain[plot]' (matplotlib), or leave out -o for sparklines in the terminal") from exc
     figure = Figure(figsize=FIGURE_INCHES, dpi=FIGURE_DPI, layout="constrained")
     FigureCanvasAgg(figure)
     for axes, metric in zip(figure.subplots(1, len(METRICS)), METRICS):

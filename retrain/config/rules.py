@@ -169,14 +169,6 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def _backpressure_unavailable(config: Config, sources: Sources) -> list[ConfigIssue]:
-    if not config.backpressure.enabled:
-        return []
-    return [_issue(sources, "backpressure", "enabled",
-                   "USL backpressure (adaptive batch size) is not part of this version of retrain",
-                   "set enabled = false (the batch size stays [training] batch_size)")]
-
-
 def _unshipped_component(kind: str, section: str, key: str, otherwise: str = "") -> Rule:
     """A rule refusing a built-in ``kind`` whose module this version does not ship."""
     builtins = registry_names.BUILTINS[kind]
@@ -194,7 +186,6 @@ def _unshipped_component(kind: str, section: str, key: str, otherwise: str = "")
 
 
 UNAVAILABLE: tuple[Rule, ...] = (
-    _backpressure_unavailable,
     _unshipped_component("backend", "backend", "backend"),
     _unshipped_component("engine", "inference", "engine"),
     _unshipped_component("environment", "environment", "provider", ", or remove provider to take prompts from [data]"),

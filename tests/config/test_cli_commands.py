@@ -112,7 +112,6 @@ def test_configuration_reference_page_is_current() -> None:
 
 
 @pytest.mark.parametrize(("text", "where", "named"), [
-    ('[backpressure]\nenabled = true\n', ":2 [backpressure].enabled", "backpressure"),
     ('[environment]\nprovider = "verifiers"\nid = "gsm8k"\n', ":2 [environment].provider", "verifiers"),
     ('[model]\nlora_rank = 8\n[backend]\nbackend = "tinker"\n', ":4 [backend].backend", "(local)"),
 ])

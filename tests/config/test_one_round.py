@@ -42,9 +42,10 @@ def test_unknown_legacy_and_unavailable_are_reported_by_one_explain(tmp_path: Pa
 
 
 def test_cross_field_rules_run_beside_value_problems(tmp_path: Path) -> None:
-    found = problems(tmp_path, "[training]\nlr = 'fast'\nclip_eps_high = 0.3\n[backpressure]\nenabled = true\n")
+    found = problems(tmp_path, "[training]\nlr = 'fast'\nclip_eps_high = 0.3\n[backpressure]\nmin_batch_size = 9\n"
+                               "max_batch_size = 8\n")
     assert [(where, setting) for where, setting, _ in found] == \
-        [(":2", "training.lr"), (":3", "training.clip_eps_high"), (":5", "backpressure.enabled")]
+        [(":2", "training.lr"), (":3", "training.clip_eps_high"), (":5", "backpressure.min_batch_size")]
 
 
 def test_a_rule_reading_a_rejected_value_says_nothing(tmp_path: Path) -> None:
