@@ -35,8 +35,6 @@ def claim_output_dirs(config: Config, resuming: bool) -> IO[str]:
     it: several runs sharing one ``adapter_path`` (a fixed path such as the default
     ``/tmp/retrain_adapter``) would overwrite each other's checkpoints.
     """
-    import fcntl
-
     log_dir = Path(config.logging.log_dir)
     if not resuming and (log_dir / STATE_FILE).exists():
         raise RetrainError(
@@ -50,7 +48,7 @@ def claim_output_dirs(config: Config, resuming: bool) -> IO[str]:
         raise RetrainError(f"cannot use [logging] log_dir {log_dir}: {exc.strerror or exc} — "
                            "choose a folder this user can create and write to") from exc
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _lock_exclusively(lock)
     except BlockingIOError:
         lock.close()
         raise RetrainError(f"another retrain process is running in {log_dir} — let it finish (or stop it), "
@@ -68,6 +66,23 @@ def claim_output_dirs(config: Config, resuming: bool) -> IO[str]:
         lock.close()
         raise
     return lock
+
+
+def _lock_exclusively(lock: IO[str], attempts: int = 5, pause_s: float = 0.02) -> None:
+    """``flock(LOCK_EX | LOCK_NB)``, tried a few times: ``retrain status`` and campaigns
+    test whether a run is live by taking a shared lock for an instant, which must not make
+    a run that starts at that instant believe another run holds its folder."""
+    import fcntl
+    import time
+
+    for attempt in range(attempts):
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(pause_s)
 
 
 def _claim_adapter_dir(adapters: Path, log_dir: Path, fresh: bool) -> None:
