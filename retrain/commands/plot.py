@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ METRICS = ("reward_mean", "correct_rate")
 AXIS_LABELS = {"reward_mean": "reward (mean over the step)", "correct_rate": "correct rate"}
 SPARKS = "▁▂▃▄▅▆▇█"
 SPARKLINE_WIDTH = 40
+# Steps a curve is averaged over by default: the window of the campaign summary's figures.
+WINDOW = 20
 # 10 x 4 inches at 100 dpi: a 1000 x 400 pixel image.
 FIGURE_INCHES = (10.0, 4.0)
 FIGURE_DPI = 100
@@ -74,7 +77,20 @@ def _parser() -> argparse.ArgumentParser:
                      "seeds of each condition, its band their min–max.")
     parser.add_argument("dir", metavar="DIR", help="a run's log_dir, or a campaign folder (it holds manifest.json)")
     parser.add_argument("-o", "--output", metavar="FILE.png", help="write a PNG here instead of printing sparklines")
+    parser.add_argument("--window", metavar="STEPS", type=_window, default=WINDOW,
+                        help=f"plot each run's mean over its last STEPS steps (default {WINDOW}, as the campaign "
+                             "summary; 1 = the raw per-step values)")
     return parser
+
+
+def _window(text: str) -> int:
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"--window takes a whole number of steps >= 1, not {text!r}")
+    return steps
 
 
 def main(argv: list[str]) -> int:
@@ -82,7 +98,7 @@ def main(argv: list[str]) -> int:
     output = Path(args.output) if args.output else None
     if output is not None:
         check_output(output)
-    plot = load_plot(Path(args.dir))
+    plot = load_plot(Path(args.dir), args.window)
     if output is None:
         sys.stdout.write(sparkline_text(plot))
         return 0
@@ -101,28 +117,33 @@ def check_output(output: Path) -> None:
         raise UsageError(f"plot: -o {output}: the folder {output.absolute().parent} does not exist — create it first")
 
 
-def load_plot(folder: Path) -> Plot:
-    """The curves of the run or campaign in ``folder``."""
+def load_plot(folder: Path, window: int = 1) -> Plot:
+    """The curves of the run or campaign in ``folder``, each run's values averaged over
+    its last ``window`` steps."""
     if (folder / MANIFEST_FILE).is_file():
-        return campaign_plot(folder)
+        return campaign_plot(folder, window)
     if any((folder / name).exists() for name in (METRICS_FILE, CONFIG_FILE, LOCK_FILE)):
-        return run_plot(folder)
+        return run_plot(folder, window)
     if not folder.exists():
         raise RetrainError(f"{folder} does not exist — give a run's log_dir or a campaign folder")
     raise RetrainError(f"{folder} is neither a run folder (it has no {METRICS_FILE}) nor a campaign folder (no "
                        f"{MANIFEST_FILE}) — `retrain status {folder}` lists the runs and campaigns under it")
 
 
-def run_plot(log_dir: Path) -> Plot:
+def run_plot(log_dir: Path, window: int = 1) -> Plot:
     rows = read_rows(log_dir / METRICS_FILE) if (log_dir / METRICS_FILE).exists() else []
     if not rows:
         raise RetrainError(f"{log_dir} has no metrics yet: {METRICS_FILE} gets its first row when the run's first step "
                            "ends — try again then")
-    curves = {metric: [aggregate(log_dir.name, [series(rows, metric)])] for metric in METRICS}
-    return Plot(title=f"run {log_dir}", is_campaign=False, curves=curves)
+    curves = {metric: [aggregate(log_dir.name, [series(rows, metric, window)])] for metric in METRICS}
+    return Plot(title=f"run {log_dir}{_window_note(window)}", is_campaign=False, curves=curves)
 
 
-def campaign_plot(folder: Path) -> Plot:
+def _window_note(window: int) -> str:
+    return f", {window}-step mean" if window > 1 else ""
+
+
+def campaign_plot(folder: Path, window: int = 1) -> Plot:
     """One curve per condition (in manifest order), averaged over the runs that have
     logged something; runs without a condition are their own."""
     campaign = read_campaign(folder)
@@ -137,21 +158,27 @@ def campaign_plot(folder: Path) -> Plot:
     if not by_condition:
         raise RetrainError(f"campaign {folder} has no metrics yet: none of its {len(campaign.runs)} runs has finished "
                            "a step — try again once one has (`retrain status` shows their progress)")
-    curves = {metric: [aggregate(condition, [series(rows, metric) for rows in runs])
+    curves = {metric: [aggregate(condition, [series(rows, metric, window) for rows in runs])
                        for condition, runs in by_condition.items()] for metric in METRICS}
     runs = sum(len(runs) for runs in by_condition.values())
     return Plot(title=f"campaign {campaign.name}: {len(by_condition)} conditions, {runs} runs, mean over seeds, "
-                      "band min–max", is_campaign=True, curves=curves)
+                      f"band min–max{_window_note(window)}", is_campaign=True, curves=curves)
 
 
-def series(rows: list[dict[str, object]], metric: str) -> dict[int, float]:
-    """step -> value of ``metric``; rows without a number for it (null) are left out."""
+def series(rows: list[dict[str, object]], metric: str, window: int = 1) -> dict[int, float]:
+    """step -> value of ``metric``, or with ``window`` > 1 its mean over the last ``window``
+    values up to that step (fewer at the start); rows without a number for it (null) are
+    left out."""
     values: dict[int, float] = {}
     for row in rows:
         step, value = row.get("step"), row.get(metric)
         if isinstance(step, int) and isinstance(value, (int, float)) and not isinstance(value, bool):
             values[step] = float(value)
-    return values
+    if window == 1:
+        return values
+    steps, raw = list(values), list(values.values())
+    sums = [0.0, *itertools.accumulate(raw)]
+    return {step: (sums[i + 1] - sums[max(0, i + 1 - window)]) / min(window, i + 1) for i, step in enumerate(steps)}
 
 
 def aggregate(label: str, runs: list[dict[int, float]]) -> Curve:

@@ -44,7 +44,7 @@ def test_plot_of_a_run_writes_a_png(real_runs: RealRuns, tmp_path: Path) -> None
     output = tmp_path / "run.png"
     result = retrain_cli("plot", str(real_runs.seed0), "-o", str(output))
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"wrote {output} (run {real_runs.seed0})\n"
+    assert result.stdout == f"wrote {output} (run {real_runs.seed0}, 20-step mean)\n"
     assert png_size(output) == (1000, 400)  # 10 x 4 inches at 100 dpi
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.png"]  # no temporary file left
 
@@ -53,7 +53,7 @@ def test_plot_of_a_campaign_writes_a_png_over_an_old_one(campaign_dir: Path, tmp
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "sweep.png"
     output.write_bytes(b"an older plot")
-    assert plot.main([str(campaign_dir), "--output", str(output)]) == 0
+    assert plot.main([str(campaign_dir), "--output", str(output), "--window", "1"]) == 0
     assert capsys.readouterr().out == (f"wrote {output} (campaign sweep: 2 conditions, 4 runs, mean over seeds, "
                                        "band min–max)\n")
     assert png_size(output) == (1000, 400)
@@ -65,7 +65,7 @@ def test_plot_of_a_campaign_writes_a_png_over_an_old_one(campaign_dir: Path, tmp
 
 
 def test_sparklines_of_a_run(real_runs: RealRuns, capsys: pytest.CaptureFixture[str]) -> None:
-    assert plot.main([str(real_runs.seed0)]) == 0
+    assert plot.main([str(real_runs.seed0), "--window", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"run {real_runs.seed0}"
     rewards = column(real_runs.seed0, "reward_mean")
@@ -80,7 +80,7 @@ def test_sparklines_of_a_run(real_runs: RealRuns, capsys: pytest.CaptureFixture[
 
 def test_sparklines_of_a_campaign_show_the_mean_over_seeds(campaign_dir: Path, real_runs: RealRuns,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    assert plot.main([str(campaign_dir)]) == 0
+    assert plot.main([str(campaign_dir), "--window", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "campaign sweep: 2 conditions, 4 runs, mean over seeds, band min–max"
     seed0, seed1 = column(real_runs.seed0, "reward_mean"), column(real_runs.seed1, "reward_mean")
@@ -95,6 +95,19 @@ def test_sparklines_of_a_campaign_show_the_mean_over_seeds(campaign_dir: Path, r
                              "(2 of 2 seeds)")
     assert lines[3].startswith(f"  grpo+none (2 seeds)        {sparkline(cut, low, high)}  steps 1-2  ")
     assert lines[3].endswith(f"last min–max {seed0[1]:.3f}–{seed0[1]:.3f} (1 of 2 seeds)")
+
+
+def test_window_averages_each_run_over_its_last_steps(real_runs: RealRuns, capsys: pytest.CaptureFixture[str]) -> None:
+    assert plot.main([str(real_runs.seed0), "--window", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rewards = column(real_runs.seed0, "reward_mean")
+    means = [rewards[0], (rewards[0] + rewards[1]) / 2, (rewards[1] + rewards[2]) / 2]
+    assert lines[0] == f"run {real_runs.seed0}, 2-step mean"
+    assert f"first {means[0]:.3f}  last {means[2]:.3f}  best {max(means):.3f}" in lines[2]
+    assert plot.series([{"step": 1, "x": 1.0}, {"step": 2, "x": 3.0}, {"step": 4, "x": 8.0}], "x", 2) == {
+        1: 1.0, 2: 2.0, 4: 5.5}
+    with pytest.raises(UsageError, match="--window takes a whole number of steps >= 1"):
+        plot.main([str(real_runs.seed0), "--window", "0"])
 
 
 def test_sparklines_import_no_matplotlib(campaign_dir: Path) -> None:
