@@ -287,8 +287,9 @@ class BackpressureConfig:
 class SqueezeConfig:
     min_variance_retention: float = setting(0.95, "Keep the smallest rank retaining this fraction of variance", gt=0.0, le=1.0)
     adapter_path: str = setting("", "Adapter to analyse (standalone squeeze); filled in by campaigns")
-    source_rank: int = setting(0, "Rank of the adapter; 0 = [model] lora_rank", ge=0, le=65536)
-    target_ranks: list[int] = setting([], "Ranks to evaluate; [] = powers of two below the source rank")
+    source_rank: int = setting(0, "Rank of the adapter; 0 = read it from the adapter (another value must match it)",
+                               ge=0, le=65536)
+    target_ranks: list[int] = setting([], "Ranks to evaluate; [] = powers of two up to and including the source rank")
     output_path: str = setting("", "Write the compressed adapter here; empty = analyse only")
     compress_to: int = setting(0, "Rank to compress to; 0 = the recommended rank", ge=0, le=65536)
     device: str = setting("cpu", "Torch device for the SVDs")

@@ -149,3 +149,17 @@ def test_printed_commands_run_by_a_shell_loop_complete_the_campaign(retrain_cach
     assert loop.returncode == 0, loop.stdout[-2000:] + loop.stderr[-2000:]
     assert_complete(tmp_path)
     assert run_retrain(tmp_path, retrain_cache, str(config), "--print-commands").stdout == ""
+
+
+@pytest.mark.slow
+def test_a_campaign_with_squeeze_analyses_the_first_finished_run(retrain_cache, tiny_model_path, tmp_path):
+    config = tmp_path / "campaign.toml"
+    config.write_text(CAMPAIGN.format(model=tiny_model_path).replace("lora_rank = 0", "lora_rank = 4")
+                      .replace("seeds = [0, 1]", "seeds = [0]").replace("lr = 3e-4", "lr = 5e-2")
+                      + '[squeeze]\nmin_variance_retention = 0.9\noutput_path = "squeezed"\n')
+    result = run_retrain(tmp_path, retrain_cache, str(config), timeout=600)
+    assert result.returncode == 0, describe(result)
+    record = manifest(tmp_path)["squeeze"]
+    assert record["status"] == "done" and record["run"] == "grpo+none_s0", record
+    assert 1 <= record["recommended_rank"] <= 4
+    assert (tmp_path / "camp" / "squeezed" / "adapter_config.json").is_file()

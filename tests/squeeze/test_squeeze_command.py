@@ -190,3 +190,20 @@ def test_downloads_without_an_adapter_config_are_explained(tmp_path: Path) -> No
     (tmp_path / "download" / "adapter_model.safetensors.age").write_bytes(b"age")
     with pytest.raises(SqueezeError, match="age-encrypted"):
         unpack_downloads(tmp_path / "download")
+
+
+def test_a_squeeze_toml_runs_through_the_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    adapter(tmp_path / "adapter")
+    (tmp_path / "squeeze.toml").write_text('[squeeze]\nadapter_path = "adapter"\nmin_variance_retention = 0.9\n'
+                                          'output_path = "small"\n')
+    result = subprocess.run([sys.executable, "-m", "retrain", "squeeze.toml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "<- recommended" in result.stdout and "recommended rank 2" in result.stdout
+    config, _ = read_factors(tmp_path / "small")
+    assert config["r"] == 2  # V(2) = 20/22 >= 0.9
+    assert json.loads((tmp_path / "squeeze.json").read_text())["recommended_rank"] == 2
+    assert not (tmp_path / "logs").exists()  # no training run
