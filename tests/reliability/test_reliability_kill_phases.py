@@ -32,7 +32,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory, retrain_cache: Path) -> 
     return workdir / "run"
 
 
-@pytest.mark.parametrize("phase", ["backend_state", "engine_state", "adapter", "sync", "state"])
+# One phase in the default run, the others with -m slow (each is a run, a kill and a resume).
+@pytest.mark.parametrize("phase", ["backend_state", *(pytest.param(phase, marks=pytest.mark.slow)
+                                                      for phase in ("engine_state", "adapter", "sync", "state"))])
 def test_a_kill_at_any_phase_of_a_checkpoint_resumes_to_the_same_result(tmp_path: Path, retrain_cache: Path,
                                                                         reference: Path, phase: str) -> None:
     workdir = workdir_with_default_config(tmp_path)
