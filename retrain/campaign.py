@@ -272,16 +272,9 @@ def run_is_done(campaign: Campaign, run: CampaignRun, manifest: dict[str, object
 
 def run_is_live(run: CampaignRun) -> bool:
     """Whether a process holds the run's folder now (here or on another machine)."""
-    import fcntl
+    from retrain.run_index import LOCK_FILE, lock_held
 
-    try:
-        with open(run.log_dir / ".retrain.lock") as lock:
-            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except FileNotFoundError:
-        return False
-    except BlockingIOError:
-        return True
-    return False
+    return lock_held(run.log_dir / LOCK_FILE)
 
 
 def host() -> str:

@@ -16,6 +16,7 @@ from typing import IO
 from retrain.atomic import write_atomic
 from retrain.config.schema import Config
 from retrain.errors import ConfigIssue, RetrainError
+from retrain.run_index import LOCK_FILE, lock_held
 from retrain.sinks import METRICS_FILE
 from retrain.sinks.jsonl import read_rows
 
@@ -23,7 +24,6 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.toml"
-LOCK_FILE = ".retrain.lock"
 OWNER_FILE = ".retrain-run"
 
 
@@ -159,16 +159,7 @@ def _run_exists(log_dir: Path) -> bool:
     that is running now (it holds the lock, possibly before writing anything else)."""
     if (log_dir / STATE_FILE).exists() or (log_dir / CONFIG_FILE).exists():
         return True
-    import fcntl
-
-    try:
-        with open(log_dir / LOCK_FILE) as lock:
-            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except FileNotFoundError:
-        return False
-    except BlockingIOError:
-        return True
-    return False
+    return lock_held(log_dir / LOCK_FILE)
 
 
 def output_dir_issues(config: Config) -> list[ConfigIssue]:
