@@ -4,6 +4,7 @@ folder, since the reliability probes drive real runs too."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "run"))
 from cli_runs import cli_environment, describe  # noqa: E402
+
+# A suite started in the background (`nohup pytest &`, some CI runners) inherits SIGINT
+# ignored, and so would every process it starts — retrain keeps an ignored SIGINT
+# ignored, by design — so the tests of Ctrl-C would wait forever. A Python handler here
+# is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
