@@ -14,12 +14,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "run"))
 from cli_runs import cli_environment, describe  # noqa: E402
 
-# A suite started in the background (`nohup pytest &`, some CI runners) inherits SIGINT
-# ignored, and so would every process it starts — retrain keeps an ignored SIGINT
-# ignored, by design — so the tests of Ctrl-C would wait forever. A Python handler here
-# is reset to the default in each child at exec.
+# A suite started in the background inherits SIGINT ignored (`pytest &`), and under
+# `nohup` SIGHUP ignored too, and so would every process it starts — retrain keeps an
+# ignored stop signal ignored, by design — so the tests of Ctrl-C and SIGHUP would wait
+# forever. Their default dispositions are restored for the suite and its children (so a
+# suite under nohup is no longer shielded from a hangup).
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")
