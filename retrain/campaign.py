@@ -33,6 +33,7 @@ from pathlib import Path
 from retrain.atomic import write_atomic
 from retrain.config.loader import Override, ResolvedConfig, read_toml, resolve_config
 from retrain.config.schema import CampaignCondition, CampaignConfig, Config, SqueezeConfig
+from retrain.config.toml_text import line_of
 from retrain.errors import ConfigError, ConfigIssue, RetrainError
 
 MANIFEST = "manifest.json"
@@ -149,12 +150,11 @@ def _identity_settings(campaign_dir: Path, run_name: str, seed: int, base: Confi
     return values
 
 
-def _as_overrides(values: dict[str, object], run_name: str) -> list[Override]:
+def _as_overrides(values: dict[str, object], where: str) -> list[Override]:
     """Run settings as overrides, in the TOML text the command-line parser reads."""
     from retrain.config.reference import toml_literal
 
-    return [Override(tuple(dotted.split(".")), toml_literal(value), f"campaign run {run_name}")
-            for dotted, value in values.items()]
+    return [Override(tuple(dotted.split(".")), toml_literal(value), where) for dotted, value in values.items()]
 
 
 def plan_campaign(source: str | os.PathLike[str], overrides: Sequence[Override] = ()) -> Campaign:
@@ -167,16 +167,20 @@ def plan_campaign(source: str | os.PathLike[str], overrides: Sequence[Override] 
     directory = _campaign_dir(resolved, name)
     runs: list[CampaignRun] = []
     issues: list[ConfigIssue] = []
-    for condition in _conditions(settings):
+    _, lines = read_toml(path)
+    for index, condition in enumerate(_conditions(settings)):
         label = condition_name(condition, base)
+        line = line_of(lines, ("campaign", "conditions", index)) if settings.conditions else None
+        conditions_where = f"{path}:{line}" if line is not None else str(path)
         for seed in _seeds(settings, base):
             run_name = f"{label}_s{seed}"
-            layers = [*_as_overrides(_condition_settings(condition, settings), run_name), *overrides,
-                      *_as_overrides(_identity_settings(directory, run_name, seed, base, label), run_name)]
+            layers = [*_as_overrides(_condition_settings(condition, settings), f"{conditions_where} condition {label}"),
+                      *overrides,
+                      *_as_overrides(_identity_settings(directory, run_name, seed, base, label), "the campaign")]
             try:
                 run_resolved = resolve_config(path, layers)
             except ConfigError as error:
-                issues.extend(ConfigIssue(issue.where, f"{run_name}: {issue.section}", issue.key, issue.problem,
+                issues.extend(ConfigIssue(f"run {run_name}: {issue.where}", issue.section, issue.key, issue.problem,
                                           issue.fix) for issue in error.issues)
                 continue
             config = dataclasses.replace(run_resolved.config, campaign=CampaignConfig(), squeeze=SqueezeConfig())

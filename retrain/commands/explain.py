@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from retrain.config.flags import parse_run_args
-from retrain.config.loader import DEFAULT_CONFIG, ResolvedConfig, resolve_config
+from retrain.config.loader import DEFAULT_CONFIG, Override, ResolvedConfig, resolve_config
 from retrain.config.reference import toml_literal
 from retrain.config.schema import SECTION_FIELDS, Config
 from retrain.config.snapshot import config_to_dict
@@ -48,14 +48,35 @@ def main(argv: list[str]) -> int:
 
     run_plan = plan_run(resolved)
     plan = run_plan.describe()
+    campaign = campaign_runs(resolved, args.overrides)
     if args.options.get("--json"):
-        json.dump({**explain_json(resolved), "run": plan}, sys.stdout, indent=2)
+        extra = {"campaign": campaign} if campaign is not None else {}
+        json.dump({**explain_json(resolved), "run": plan, **extra}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(explain_text(resolved, only_changed=bool(args.options.get("--changed")),
                                       color=sys.stdout.isatty()))
         sys.stdout.write(run_graph_text(run_plan))
+        if campaign is not None:
+            runs = campaign["runs"]
+            assert isinstance(runs, list)
+            sys.stdout.write(f"\ncampaign {campaign['name']}: {len(runs)} runs, each valid and planned, in "
+                             f"{campaign['directory']}: {', '.join(runs)}\n")
     return 0
+
+
+def campaign_runs(resolved: ResolvedConfig, overrides: list[Override]) -> dict[str, object] | None:
+    """For a campaign file, every run resolved and planned as ``retrain`` would (a
+    ``ConfigError`` names each run's problems); None for a plain config."""
+    from retrain.campaign import is_campaign_file, plan_campaign
+    from retrain.plan import plan_run
+
+    if resolved.path is None or not is_campaign_file(resolved.path):
+        return None
+    campaign = plan_campaign(resolved.path, overrides)
+    for run in campaign.runs:
+        plan_run(run.resolved)
+    return {"name": campaign.name, "directory": str(campaign.directory), "runs": [run.name for run in campaign.runs]}
 
 
 def run_graph_text(plan: RunPlan) -> str:

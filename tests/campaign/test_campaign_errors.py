@@ -43,3 +43,14 @@ def test_an_invalid_campaign_starts_no_run(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "c.toml:6 " in result.stderr and "training.lr: 7.0 is out of range" in result.stderr
     assert not (tmp_path / "logs").exists()
+
+
+def test_explain_checks_and_lists_every_run_of_a_campaign(tmp_path):
+    (tmp_path / "c.toml").write_text('[backend]\ndevices = "cpu"\n[campaign]\nseeds = [1, 2]\n'
+                                     '[[campaign.conditions]]\nadvantage_mode = "grpo"\ntransform_mode = "none"\n')
+    result = run_cli(tmp_path, "explain", "c.toml")
+    assert result.returncode == 0, result.stderr
+    assert "campaign c: 2 runs, each valid and planned, in logs/c: grpo+none_s1, grpo+none_s2" in result.stdout
+    (tmp_path / "c.toml").write_text((tmp_path / "c.toml").read_text() + "clip_eps_high = 0.2\n")
+    result = run_cli(tmp_path, "explain", "c.toml")
+    assert result.returncode == 2 and "run grpo+none_s1: c.toml:5 condition grpo+none [training].clip_eps_high" in result.stderr
