@@ -60,11 +60,11 @@ def statuses(tmp_path: Path) -> dict[str, str]:
     return {entry["name"]: entry["status"] for entry in manifest(tmp_path)["runs"]}
 
 
-def assert_complete(tmp_path: Path) -> None:
+def assert_complete(tmp_path: Path, steps: int = 4) -> None:
     assert statuses(tmp_path) == dict.fromkeys(RUNS, "done")
     for name in RUNS:
         rows = [json.loads(line) for line in (tmp_path / "camp" / "runs" / name / "metrics.jsonl").open()]
-        assert [row["step"] for row in rows] == [1, 2, 3, 4]
+        assert [row["step"] for row in rows] == list(range(1, steps + 1))
         assert (tmp_path / "camp" / "runs" / name / "adapter" / "final").is_dir()
     summary = json.loads((tmp_path / "camp" / "summary.json").read_text())
     assert sorted(summary["conditions"]) == ["grpo+none", "maxrl+gtpo_sepa"]
@@ -91,7 +91,9 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 @pytest.mark.slow
 def test_sequential_campaign_survives_a_sigkill_and_resumes(retrain_cache, tiny_model_path, tmp_path):
-    config = write_campaign(tmp_path, tiny_model_path)
+    # Long enough runs that the kill lands while the second one trains (a tiny step can
+    # take 50 ms on an idle machine).
+    config = write_campaign(tmp_path, tiny_model_path, "max_steps = 40\n")
     parent = subprocess.Popen(retrain_command(str(config)), cwd=tmp_path, env=cli_environment(retrain_cache),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -106,12 +108,13 @@ def test_sequential_campaign_survives_a_sigkill_and_resumes(retrain_cache, tiny_
             parent.kill()
     assert statuses(tmp_path)[RUNS[0]] == "done"
     wait_for(lambda: not alive(child), 60, "the orphaned child to stop")  # it got SIGTERM from the kernel
+    assert statuses(tmp_path)[RUNS[1]] == "interrupted"  # it checkpointed its step and said so
     first_rows = (tmp_path / "camp" / "runs" / RUNS[0] / "metrics.jsonl").read_bytes()
     result = run_retrain(tmp_path, retrain_cache, str(config), timeout=600)
     assert result.returncode == 0, describe(result)
     assert "(1 done already, 3 to run" in result.stdout
     assert (tmp_path / "camp" / "runs" / RUNS[0] / "metrics.jsonl").read_bytes() == first_rows  # not redone
-    assert_complete(tmp_path)
+    assert_complete(tmp_path, steps=40)
     log = (tmp_path / "camp" / "runs" / RUNS[1] / "stdout.log").read_text()
     assert "resum" in log.lower()  # the interrupted run continued from its checkpoint
     again = run_retrain(tmp_path, retrain_cache, str(config))
