@@ -38,13 +38,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(python: str, model: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], float]:
-    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1"}
+LORA_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+LORA_FLAGS = ("--enable-lora", "--max-lora-rank", "16")
+
+
+def vllm_python(given: str) -> str:
+    """``given``, or the python of the vLLM CPU environment the repository's script creates."""
+    return given or subprocess.run(
+        [str(REPO / "tests/integration/vllm_cpu_env.sh"), str(REPO / ".vllm-cpu-venv")], check=True,
+        capture_output=True, text=True).stdout.strip().splitlines()[-1]
+
+
+def start_server(python: str, model: Path, port: int, log: Path, env: dict[str, str] = LORA_ENV,
+                 flags: tuple[str, ...] = LORA_FLAGS) -> tuple[subprocess.Popen[bytes], float]:
+    """A vLLM server on loopback (fp32, processed log-probabilities) and its start-up time."""
     command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
-               "--port", str(port), "--max-model-len", "512", "--enable-lora", "--max-lora-rank", "16",
-               "--dtype", "float32", "--logprobs-mode", "processed_logprobs"]
+               "--port", str(port), "--max-model-len", "512", *flags, "--dtype", "float32",
+               "--logprobs-mode", "processed_logprobs"]
     started = time.perf_counter()
-    server = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    server = subprocess.Popen(command, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **env},
+                              stdout=log.open("wb"), stderr=subprocess.STDOUT)
     while time.perf_counter() - started < 300:
         if server.poll() is not None:
             raise SystemExit(f"the vLLM server exited with {server.returncode}; see {log}")
@@ -141,9 +154,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--vllm-python", default="", help="python of an existing vLLM CPU environment")
     args = parser.parse_args()
-    python = args.vllm_python or subprocess.run(
-        [str(REPO / "tests/integration/vllm_cpu_env.sh"), str(REPO / ".vllm-cpu-venv")], check=True,
-        capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    python = vllm_python(args.vllm_python)
     from retrain.models.tiny import ensure_tiny_model
 
     model_dir = ensure_tiny_model()

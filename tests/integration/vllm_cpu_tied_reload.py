@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from vllm_cpu_freshness import REPO, free_port, server_logprobs  # noqa: E402
+from vllm_cpu_freshness import free_port, server_logprobs, start_server, vllm_python  # noqa: E402
 
 PROMPT, COMPLETION = [7, 76, 8, 84], [11, 3]  # "3+4=" then "7" and end of turn
 
@@ -71,32 +68,11 @@ def post(port: int, path: str, body: dict) -> None:
         response.read()
 
 
-def start_dev_server(python: str, model: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
-               "--port", str(port), "--max-model-len", "512", "--dtype", "float32",
-               "--logprobs-mode", "processed_logprobs"]
-    server = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the vLLM server exited with {server.returncode}; see {log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return server
-        except OSError:
-            time.sleep(1)
-    server.kill()
-    raise SystemExit(f"the vLLM server did not come up within 300 s; see {log}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vllm-python", default="", help="python of an existing vLLM CPU environment")
     args = parser.parse_args()
-    python = args.vllm_python or subprocess.run(
-        [str(REPO / "tests/integration/vllm_cpu_env.sh"), str(REPO / ".vllm-cpu-venv")], check=True,
-        capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    python = vllm_python(args.vllm_python)
     from retrain.models.tiny import ensure_tiny_model
 
     model_dir = ensure_tiny_model()
@@ -105,7 +81,9 @@ def main() -> int:
         new = work / "new"
         perturbed_copy(model_dir, new)
         port = free_port()
-        server = start_dev_server(python, model_dir, port, work / "vllm.log")
+        # Development mode: /collective_rpc and /reset_prefix_cache, as full fine-tuning needs.
+        server, _ = start_server(python, model_dir, port, work / "vllm.log", env={"VLLM_SERVER_DEV_MODE": "1"},
+                                 flags=())
         try:
             post(port, "collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(new)}})
             post(port, "reset_prefix_cache", {})
